@@ -1,0 +1,274 @@
+"""The durable record of done work: SQLite in WAL mode.
+
+Why SQLite: a crash-safe embedded store with atomic multi-row transactions,
+concurrent readers (``synthd status`` reads while the daemon writes) and
+indexes, so restart time does not grow with the number of done items. We run it
+with ``synchronous=NORMAL``: a power cut may lose the last transactions but
+never corrupts the file, and losing them is safe here because the writer
+fsyncs shard lines *before* it commits, and recovery adopts lines found past
+the last committed offset (see ``synthd.writer``).
+
+Tables:
+  sources  one row per claimed spool file: where its unfinished work starts
+  items    one row per finished item (record, rejected, dead, bad_input)
+  streams  per ``.part`` shard, the byte offset the checkpoint vouches for
+  seen     de-duplication digests per job
+
+Every method blocks; the daemon calls them from a thread. A lock serializes
+callers so one connection can be shared by the writer thread and others.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthd.models import Outcome, Source
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+  id INTEGER PRIMARY KEY,
+  job TEXT NOT NULL,
+  claim TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL,
+  path TEXT NOT NULL,
+  fingerprint TEXT NOT NULL,
+  status TEXT NOT NULL,             -- active | done | failed
+  resume_seq INTEGER NOT NULL DEFAULT 0,
+  resume_line INTEGER NOT NULL DEFAULT 0,
+  resume_offset INTEGER NOT NULL DEFAULT 0,
+  items_total INTEGER,
+  reason TEXT,
+  claimed_at REAL NOT NULL,
+  finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS sources_status ON sources (status, job);
+CREATE TABLE IF NOT EXISTS items (
+  source_id INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  line INTEGER NOT NULL,
+  end_offset INTEGER NOT NULL,      -- just past the item in its file: a resume point
+  state TEXT NOT NULL,              -- record | rejected | dead | bad_input
+  records INTEGER NOT NULL,
+  prompt_tokens INTEGER NOT NULL,
+  completion_tokens INTEGER NOT NULL,
+  PRIMARY KEY (source_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS streams (path TEXT PRIMARY KEY, committed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (
+  job TEXT NOT NULL, digest INTEGER NOT NULL, PRIMARY KEY (job, digest)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JobCounts:
+    """What ``synthd status`` shows for one job."""
+
+    job: str
+    files_active: int
+    files_done: int
+    files_failed: int
+    items: dict[str, int]
+    records: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Checkpoint:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            uri = f"file:{path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One atomic unit: committed on normal exit, rolled back on error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- sources ---------------------------------------------------------
+
+    def add_source(self, job: str, claim: str, name: str, path: str, fingerprint: str) -> Source:
+        with self.transaction() as tx:
+            cur = tx.db.execute(
+                "INSERT INTO sources (job, claim, name, path, fingerprint, status, claimed_at)"
+                " VALUES (?, ?, ?, ?, ?, 'active', ?)",
+                (job, claim, name, path, fingerprint, time.time()),
+            )
+            assert cur.lastrowid is not None
+            return Source(cur.lastrowid, job, claim, name, path, fingerprint)
+
+    def forget_source(self, source_id: int) -> None:
+        """Drop a claim that never happened (the rename lost a race)."""
+        with self.transaction() as tx:
+            tx.db.execute("DELETE FROM sources WHERE id = ?", (source_id,))
+
+    def active_sources(self, job: str) -> list[Source]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, job, claim, name, path, fingerprint, resume_seq, resume_line,"
+                " resume_offset FROM sources WHERE status = 'active' AND job = ? ORDER BY id",
+                (job,),
+            ).fetchall()
+        return [Source(*row) for row in rows]
+
+    def done_after(self, source_id: int, seq: int) -> dict[int, tuple[int, int]]:
+        """Items of a source finished past its resume point: seq -> (line, end)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, line, end_offset FROM items WHERE source_id = ? AND seq >= ?",
+                (source_id, seq),
+            ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def set_fingerprint(self, source_id: int, fingerprint: str) -> None:
+        with self.transaction() as tx:
+            tx.db.execute(
+                "UPDATE sources SET fingerprint = ? WHERE id = ?", (fingerprint, source_id)
+            )
+
+    def set_path(self, source_id: int, path: str) -> None:
+        with self.transaction() as tx:
+            tx.db.execute("UPDATE sources SET path = ? WHERE id = ?", (path, source_id))
+
+    def end_source(self, source_id: int, status: str, path: str, reason: str | None) -> None:
+        with self.transaction() as tx:
+            tx.db.execute(
+                "UPDATE sources SET status = ?, path = ?, reason = ?, finished_at = ? WHERE id = ?",
+                (status, path, reason, time.time(), source_id),
+            )
+
+    def claim_ids(self, claims: Iterable[str]) -> dict[str, int]:
+        """Map claim ids (as found in output lines) to source ids."""
+        wanted = list(set(claims))
+        found: dict[str, int] = {}
+        with self._lock:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                q = f"SELECT claim, id FROM sources WHERE claim IN ({marks})"
+                found.update(self._db.execute(q, chunk).fetchall())
+        return found
+
+    # -- streams ---------------------------------------------------------
+
+    def committed_offset(self, path: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT committed FROM streams WHERE path = ?", (path,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- reading for status ---------------------------------------------
+
+    def counts(self) -> list[JobCounts]:
+        with self._lock:
+            files = self._db.execute(
+                "SELECT job, status, count(*) FROM sources GROUP BY job, status"
+            ).fetchall()
+            items = self._db.execute(
+                "SELECT s.job, i.state, count(*), sum(i.records), sum(i.prompt_tokens),"
+                " sum(i.completion_tokens) FROM items i JOIN sources s ON s.id = i.source_id"
+                " GROUP BY s.job, i.state"
+            ).fetchall()
+        jobs: dict[str, dict[str, object]] = {}
+        for job, status, n in files:
+            jobs.setdefault(job, {})[f"files_{status}"] = n
+        per_item: dict[str, dict[str, int]] = {}
+        totals: dict[str, list[int]] = {}
+        for job, state, n, recs, pt, ct in items:
+            per_item.setdefault(job, {})[state] = n
+            t = totals.setdefault(job, [0, 0, 0])
+            t[0] += recs or 0
+            t[1] += pt or 0
+            t[2] += ct or 0
+        out = []
+        for job in sorted(set(jobs) | set(per_item)):
+            f = jobs.get(job, {})
+            t = totals.get(job, [0, 0, 0])
+            out.append(
+                JobCounts(
+                    job,
+                    int(f.get("files_active", 0)),  # type: ignore[call-overload]
+                    int(f.get("files_done", 0)),  # type: ignore[call-overload]
+                    int(f.get("files_failed", 0)),  # type: ignore[call-overload]
+                    per_item.get(job, {}),
+                    t[0],
+                    t[1],
+                    t[2],
+                )
+            )
+        return out
+
+
+class Transaction:
+    """Writes that must land together with the shard offsets they describe."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def dedupe(self, job: str, digests: list[int]) -> list[bool]:
+        """For each digest, True if it is new to the job (and now remembered)."""
+        fresh = []
+        for d in digests:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO seen (job, digest) VALUES (?, ?)", (job, d)
+            )
+            fresh.append(cur.rowcount == 1)
+        return fresh
+
+    def record(self, outcomes: list[Outcome]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    o.source.id,
+                    o.seq,
+                    o.line,
+                    o.end,
+                    o.state,
+                    len(o.lines.get("records", ())),
+                    o.prompt_tokens,
+                    o.completion_tokens,
+                )
+                for o in outcomes
+            ],
+        )
+
+    def resume_points(self, points: dict[int, tuple[int, int, int]]) -> None:
+        self.db.executemany(
+            "UPDATE sources SET resume_seq = ?, resume_line = ?, resume_offset = ? WHERE id = ?",
+            [(seq, line, off, sid) for sid, (seq, line, off) in points.items()],
+        )
+
+    def offsets(self, offsets: dict[str, int]) -> None:
+        self.db.executemany(
+            "INSERT INTO streams (path, committed) VALUES (?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET committed = excluded.committed",
+            list(offsets.items()),
+        )

@@ -1,0 +1,108 @@
+"""The ``synthd`` command: arguments in, exit codes out.
+
+Exit codes: 0 done, 1 an unexpected error, 2 a usage or config error, 130 a
+second interrupt. This is the only place an exception becomes an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from synthd import __version__
+from synthd.errors import ConfigError, SynthdError
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:
+        # The simulator owns its flags; argparse's REMAINDER would eat them.
+        from synthd.sim import main as sim_main
+
+        return sim_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as e:
+        print(f"synthd: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SynthdError as e:
+        print(f"synthd: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="synthd", description="Turn raw text into fine-tuning datasets, exactly once."
+    )
+    p.add_argument("--version", action="version", version=f"synthd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--once", action="store_true", help="process the spool, then exit")
+    run.add_argument("--log-file", type=Path, help="append JSON logs here instead of stdout")
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(func=_run)
+
+    sub.add_parser("sim", help="run the bundled OpenAI-compatible simulator (see sim --help)")
+
+    health = sub.add_parser("healthcheck", help="exit 0 if the daemon's /healthz answers")
+    health.add_argument("--url", default="http://127.0.0.1:9464/healthz")
+    health.add_argument("--timeout-s", type=float, default=3.0)
+    health.set_defaults(func=_healthcheck)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from synthd import config, logs
+    from synthd.daemon import Daemon
+
+    log_file = open(args.log_file, "ab") if args.log_file else None  # noqa: SIM115
+    logs.configure(args.log_level, log_file)
+    cfg = config.load(args.config)
+    for name, provider in cfg.providers.items():
+        key = cfg.api_key(name)
+        logs.register_secret(key)
+        host = urlparse(provider.base_url).hostname or ""
+        if key is None and not _is_local(host):
+            raise ConfigError(
+                str(args.config),
+                f"providers.{name}.api_key_env",
+                f"{provider.api_key_env} is not set (needed for {host})",
+            )
+    return _run_loop(Daemon(cfg, once=args.once).run())
+
+
+def _is_local(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return int(uvloop.run(coro))
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout_s) as resp:
+            return 0 if resp.status == 200 else 1
+    except OSError as e:
+        print(f"synthd: unhealthy: {e}", file=sys.stderr)
+        return 1

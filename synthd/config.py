@@ -1,0 +1,310 @@
+"""Typed, frozen configuration, built and checked once at start-up.
+
+``load(path)`` reads TOML, validates every key with pydantic, then checks what
+pydantic cannot see: prompt files exist, placeholders can be filled by the
+job's input kind, regexes compile, the API key is not in the file. Every
+failure is one ``ConfigError`` naming the file, the key and the problem. This
+is also the only module that reads environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from synthd.errors import ConfigError
+from synthd.prompts import Template
+
+Api = Literal["chat", "completions"]
+InputKind = Literal["file", "lines", "jsonl"]
+Transport = Literal["http", "sdk"]
+TokenAccounting = Literal["reserved", "used"]
+LongPrompt = Literal["truncate", "reject"]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProviderConfig(_Frozen):
+    """One API endpoint and the budget synthd keeps to when calling it."""
+
+    base_url: str = "http://127.0.0.1:8900/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    rpm: PositiveInt = 3500
+    tpm: PositiveInt = 2_000_000
+    max_in_flight: PositiveInt = 256
+    burst_s: PositiveFloat = 1.0
+    tpm_counts: TokenAccounting = "reserved"
+    request_timeout_s: PositiveFloat = 120.0
+    connect_timeout_s: PositiveFloat = 10.0
+    max_attempts: PositiveInt = 6
+    backoff_base_s: PositiveFloat = 0.5
+    backoff_max_s: PositiveFloat = 30.0
+    ramp_s: Annotated[float, Field(ge=0)] = 5.0
+    transport: Transport = "http"
+    adapt_to_headers: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class PathsConfig(_Frozen):
+    spool: Path = Path("spool")
+    out: Path = Path("out")
+    state: Path = Path("state")
+
+
+class ServiceConfig(_Frozen):
+    """Daemon behaviour that is not about any one job."""
+
+    listen: str = "127.0.0.1:9464"  # "" turns the HTTP endpoint off
+    grace_s: Annotated[float, Field(ge=0)] = 30.0
+    scan_interval_s: PositiveFloat = 0.5
+    settle_s: Annotated[float, Field(ge=0)] = 1.0
+    progress_interval_s: PositiveFloat = 5.0
+    commit_interval_s: PositiveFloat = 0.05
+    max_line_bytes: PositiveInt = 4_000_000
+
+
+class FiltersConfig(_Frozen):
+    """The validation chain; see ``synthd.filters`` for the order it runs in."""
+
+    strip: bool = True
+    split: Literal["none", "lines", "paragraphs", "turns"] = "none"
+    strip_numbering: bool = False
+    keep_lines_matching: str | None = None
+    drop_lines_matching: str | None = None
+    min_items: Annotated[int, Field(ge=0)] = 0
+    max_items: PositiveInt | None = None
+    min_chars: Annotated[int, Field(ge=0)] = 1
+    max_chars: PositiveInt | None = None
+    drop_if_matching: str | None = None
+    single_paragraph: bool = False
+    require_json: bool = False
+    json_schema: Path | None = None
+    speakers: tuple[str, ...] = ()
+    min_turns: Annotated[int, Field(ge=0)] = 0
+    reject_finish_reasons: tuple[str, ...] = ("content_filter",)
+    dedupe: bool = True
+
+
+class OutputConfig(_Frozen):
+    shard_max_records: PositiveInt = 10_000
+    shard_max_bytes: PositiveInt = 64_000_000
+
+
+class ExportConfig(_Frozen):
+    """How ``synthd export`` turns this job's records into fine-tuning pairs."""
+
+    separator: str = "\n\n###\n\n"
+    completion_stop: str = " END"
+    system: str | None = None  # system message for chat exports; default: the job's
+    user_from: Literal["prompt", "context"] = "context"
+    context_tokens: PositiveInt = 16_385
+    price_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+
+
+class JobConfig(_Frozen):
+    prompt: Path
+    system_prompt: Path | None = None
+    provider: str = "default"
+    api: Api = "chat"
+    model: str
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: PositiveInt = 256
+    stop: tuple[str, ...] = ()
+    samples: PositiveInt = 1
+    input: InputKind = "file"
+    text_field: str = "text"
+    max_prompt_tokens: PositiveInt | None = None
+    on_long_prompt: LongPrompt = "reject"
+    extra: dict[str, Any] = Field(default_factory=dict)
+    filters: FiltersConfig = FiltersConfig()
+    output: OutputConfig = OutputConfig()
+    export: ExportConfig = ExportConfig()
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+
+class Price(_Frozen):
+    input_per_mtok: Annotated[float, Field(ge=0)]
+    output_per_mtok: Annotated[float, Field(ge=0)]
+
+
+class _FileModel(_Frozen):
+    """The TOML file as written; ``load`` turns it into ``Config``."""
+
+    provider: ProviderConfig | None = None
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    paths: PathsConfig = PathsConfig()
+    service: ServiceConfig = ServiceConfig()
+    prices: dict[str, Price] = Field(default_factory=dict)
+    jobs: dict[str, JobConfig]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job ready to run: its config plus the loaded templates."""
+
+    name: str
+    config: JobConfig
+    template: Template
+    system: str | None
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon needs, resolved against the config's folder."""
+
+    source: Path
+    providers: dict[str, ProviderConfig]
+    paths: PathsConfig
+    service: ServiceConfig
+    prices: dict[str, Price]
+    jobs: dict[str, Job]
+
+    def api_key(self, provider: str) -> str | None:
+        """The key from the provider's variable; None when it is unset or empty."""
+        return os.environ.get(self.providers[provider].api_key_env) or None
+
+
+# Keys that look like a secret written into the file instead of the environment.
+_SECRET_KEYS = frozenset({"api_key", "apikey", "key", "token", "secret", "authorization"})
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def load(path: Path) -> Config:
+    """Read, validate and resolve a config file. Raises ``ConfigError``."""
+    file = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(file, "", "no such file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(file, "", f"cannot read: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "", f"not valid TOML: {e}") from e
+    _refuse_secrets(file, raw, "")
+    try:
+        model = _FileModel.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(file, key, _pydantic_message(err)) from e
+    return _resolve(path, model)
+
+
+def _pydantic_message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return f"{err['msg']} (got {err.get('input')!r})"
+
+
+def _refuse_secrets(file: str, node: Any, prefix: str) -> None:
+    if not isinstance(node, dict):
+        return
+    for k, v in node.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k.lower() in _SECRET_KEYS and isinstance(v, str):
+            raise ConfigError(
+                file,
+                key,
+                "an API key must not be written in the config file; put it in an "
+                "environment variable and name that variable with api_key_env",
+            )
+        _refuse_secrets(file, v, key)
+
+
+def _resolve(path: Path, model: _FileModel) -> Config:
+    file = str(path)
+    providers = dict(model.providers)
+    if model.provider is not None:
+        if "default" in providers:
+            raise ConfigError(file, "provider", "both [provider] and [providers.default] given")
+        providers["default"] = model.provider
+    if not providers:
+        providers["default"] = ProviderConfig()
+    if not model.jobs:
+        raise ConfigError(file, "jobs", "at least one job is required")
+    jobs = {name: _resolve_job(file, name, cfg, providers) for name, cfg in model.jobs.items()}
+    return Config(
+        source=path,
+        providers=providers,
+        paths=model.paths,
+        service=model.service,
+        prices=model.prices,
+        jobs=jobs,
+    )
+
+
+def _resolve_job(file: str, name: str, cfg: JobConfig, providers: dict[str, ProviderConfig]) -> Job:
+    key = f"jobs.{name}"
+    if not _JOB_NAME.match(name):
+        raise ConfigError(file, key, "a job name may hold letters, digits, '_', '-', '.'")
+    if cfg.provider not in providers:
+        raise ConfigError(file, f"{key}.provider", f"no provider named {cfg.provider!r}")
+    template = Template(_read_text(file, f"{key}.prompt", cfg.prompt))
+    # JSONL items may carry any field, so only a line can tell (checked per item).
+    unfillable = set() if cfg.input == "jsonl" else template.fields - _fillable(cfg)
+    if unfillable:
+        missing = ", ".join(sorted(unfillable))
+        raise ConfigError(
+            file,
+            f"{key}.prompt",
+            f"placeholder {missing} cannot be filled by input = {cfg.input!r} "
+            f"(available: {', '.join(sorted(_fillable(cfg)))})",
+        )
+    system = None
+    if cfg.system_prompt is not None:
+        system = _read_text(file, f"{key}.system_prompt", cfg.system_prompt)
+    for field in ("keep_lines_matching", "drop_lines_matching", "drop_if_matching"):
+        pattern = getattr(cfg.filters, field)
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(file, f"{key}.filters.{field}", f"bad regex: {e}") from e
+    if cfg.filters.json_schema is not None:
+        _read_text(file, f"{key}.filters.json_schema", cfg.filters.json_schema)
+    if cfg.filters.split == "turns" and len(cfg.filters.speakers) != 2:
+        raise ConfigError(file, f"{key}.filters.speakers", "split = 'turns' needs two speakers")
+    from synthd.fingerprint import job_fingerprint
+
+    return Job(name, cfg, template, system, job_fingerprint(cfg, template.text, system))
+
+
+def _fillable(cfg: JobConfig) -> frozenset[str]:
+    base = {"context", "source", "line"}
+    if cfg.input == "lines":
+        base.add("topic")
+    return frozenset(base)
+
+
+def _read_text(file: str, key: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(file, key, f"file not found: {path}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(file, key, f"cannot read {path}: {e}") from e

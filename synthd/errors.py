@@ -1,0 +1,107 @@
+"""The few exceptions synthd raises, each carrying the data a caller needs.
+
+Only the CLI turns these into exit codes. The provider errors split into two
+families: ``Retryable`` (429, 5xx, timeouts, dropped connections, malformed
+bodies) and ``Rejected`` (a 4xx other than 429: sending it again cannot help).
+"""
+
+from __future__ import annotations
+
+
+class SynthdError(Exception):
+    """Base of every error synthd raises on purpose."""
+
+
+class ConfigError(SynthdError):
+    """A config file, or a file it names, is wrong. Exit code 2."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + problem)
+
+
+class InputError(SynthdError):
+    """An input file or line cannot be turned into work items."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason  # short, stable code such as "binary" or "empty"
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class TemplateError(SynthdError):
+    """A template names a placeholder that an item cannot fill."""
+
+    def __init__(self, missing: str) -> None:
+        self.missing = missing
+        super().__init__(f"placeholder {{{{{missing}}}}} has no value in this item")
+
+
+class ProviderError(SynthdError):
+    """A request to a provider failed; ``kind`` is a stable metric label."""
+
+    kind = "error"
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        self.detail = detail
+        self.status = status
+        super().__init__(f"{self.kind}: {detail}")
+
+
+class Retryable(ProviderError):
+    """Sending the same request again may succeed."""
+
+    kind = "retryable"
+
+
+class RateLimited(Retryable):
+    """HTTP 429. ``retry_after_s`` is the provider's hint, if it gave one."""
+
+    kind = "rate_limited"
+
+    def __init__(self, detail: str, retry_after_s: float | None) -> None:
+        super().__init__(detail, 429)
+        self.retry_after_s = retry_after_s
+
+
+class ServerError(Retryable):
+    kind = "server_error"
+
+
+class Timeout(Retryable):
+    kind = "timeout"
+
+
+class ConnectionLost(Retryable):
+    kind = "connection"
+
+
+class MalformedResponse(Retryable):
+    """A reply that does not parse or lacks what the protocol promises."""
+
+    kind = "malformed"
+
+
+class Rejected(ProviderError):
+    """A 4xx other than 429: the request itself is wrong, retrying cannot help."""
+
+    kind = "rejected"
+
+
+class WriterFailed(SynthdError):
+    """The single writer died; nothing more can become durable. Exit code 1."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {detail}")
+
+
+class OutputBlocked(SynthdError):
+    """The output or state folder cannot take writes (disk full, read-only)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {detail}")

@@ -1,0 +1,149 @@
+"""Turn an input file into work items, streaming.
+
+A reader takes an open binary file positioned where work resumes and yields
+``WorkItem`` or ``BadLine`` values one at a time, so memory does not depend on
+the file's size. Each value carries the byte offset just past it, which is what
+the checkpoint stores to resume a file without re-reading its done part.
+
+Decoding policy: input is UTF-8; invalid bytes become U+FFFD (counted, so the
+daemon can log how many); a file with NUL bytes in its first 8 KiB is binary
+and refused. UTF-16/32 files with a BOM are transcoded by ``synthd.spool`` at
+claim time, so readers only ever see UTF-8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import orjson
+
+from synthd.errors import InputError
+from synthd.models import BadLine, Source, WorkItem
+
+SNIFF_BYTES = 8192
+_CHUNK = 1 << 16
+
+
+def sniff(head: bytes) -> None:
+    """Refuse content that is not text. Raises ``InputError``."""
+    if b"\x00" in head[:SNIFF_BYTES]:
+        raise InputError("binary", "NUL bytes in the first 8 KiB: not a text file")
+
+
+def kind_of(name: str, configured: str) -> str:
+    """The reader for a file: the suffix ``.jsonl`` wins over the job's setting."""
+    return "jsonl" if name.endswith((".jsonl", ".ndjson")) else configured
+
+
+class Reader:
+    """Iterates the items of one source from its resume point.
+
+    ``replaced`` counts the invalid UTF-8 sequences that were replaced.
+    """
+
+    def __init__(
+        self, src: Source, f: BinaryIO, kind: str, text_field: str, max_line_bytes: int
+    ) -> None:
+        self.src = src
+        self.f = f
+        self.kind = kind
+        self.text_field = text_field
+        self.max_line_bytes = max_line_bytes
+        self.replaced = 0
+
+    def __iter__(self) -> Iterator[WorkItem | BadLine]:
+        if self.kind == "file":
+            yield from self._whole_file()
+        else:
+            yield from self._lines()
+
+    def _decode(self, raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", errors="replace")
+            # U+FFFD already present in the input was not a replacement.
+            self.replaced += text.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
+            return text
+
+    def _whole_file(self) -> Iterator[WorkItem | BadLine]:
+        src = self.src
+        if src.resume_seq > 0:
+            return  # the one item is done already
+        raw = self.f.read(self.max_line_bytes + 1)
+        if len(raw) > self.max_line_bytes:
+            raise InputError("too_large", f"more than {self.max_line_bytes} bytes in one context")
+        sniff(raw)
+        text = self._decode(raw).strip().lstrip("\ufeff")
+        if not text:
+            raise InputError("empty", "the file is empty or holds only white space")
+        yield WorkItem(src, 0, 1, len(raw), {"context": text, "source": src.name, "line": "1"})
+
+    def _lines(self) -> Iterator[WorkItem | BadLine]:
+        src, f = self.src, self.f
+        seq, line, offset = src.resume_seq, src.resume_line, src.resume_offset
+        if offset == 0:
+            sniff(f.read(SNIFF_BYTES))
+            f.seek(0)
+        while True:
+            raw = f.readline(self.max_line_bytes + 1)
+            if not raw:
+                return
+            line += 1
+            start = offset
+            offset += len(raw)
+            if len(raw) > self.max_line_bytes and not raw.endswith(b"\n"):
+                offset += self._skip_rest_of_line()
+                yield BadLine(
+                    src,
+                    seq,
+                    line,
+                    offset,
+                    "line_too_long",
+                    f"line {line} is longer than {self.max_line_bytes} bytes",
+                )
+                seq += 1
+                continue
+            if start == 0 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            yield self._item(seq, line, offset, raw)
+            seq += 1
+
+    def _skip_rest_of_line(self) -> int:
+        skipped = 0
+        while True:
+            chunk = self.f.readline(_CHUNK)
+            skipped += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                return skipped
+
+    def _item(self, seq: int, line: int, end: int, raw: bytes) -> WorkItem | BadLine:
+        src = self.src
+        text = self._decode(raw).strip()
+        base = {"source": src.name, "line": str(line)}
+        if self.kind == "lines":
+            return WorkItem(src, seq, line, end, {"context": text, "topic": text, **base})
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as e:
+            return BadLine(src, seq, line, end, "invalid_json", f"line {line}: {e}")
+        if not isinstance(obj, dict):
+            return BadLine(src, seq, line, end, "not_an_object", f"line {line} is not an object")
+        value = obj.get(self.text_field)
+        if not isinstance(value, str) or not value.strip():
+            return BadLine(
+                src,
+                seq,
+                line,
+                end,
+                "missing_text",
+                f"line {line} has no non-empty string field {self.text_field!r}",
+            )
+        fields = {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in obj.items()}
+        fields.update(base)
+        fields["context"] = value
+        meta = {k: v for k, v in obj.items() if k != self.text_field}
+        return WorkItem(src, seq, line, end, fields, meta or None)

@@ -1,0 +1,149 @@
+"""Record formats: the JSON lines an item's outcome adds to out/<job>/. Pure.
+
+Every line carries ``source`` = {file, line, seq, claim, end}: the input it came
+from, and what recovery needs to tie it back to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from synthd.config import Job
+from synthd.models import Accepted, BadLine, Outcome, Rejection, Reply, WorkItem
+
+
+def record_id(job: str, source: str, line: int, sample: int, context: str) -> str:
+    """Stable across re-runs: the same job, input and sample give the same id."""
+    h = hashlib.blake2b(digest_size=10)
+    h.update(f"{job}\0{source}\0{line}\0{sample}\0".encode())
+    h.update(context.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def digest(text: str) -> int:
+    """The de-duplication key of a completion: 63 bits, to fit SQLite's INTEGER."""
+    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(raw, "big") >> 1
+
+
+def source_of(item: WorkItem | BadLine) -> dict[str, Any]:
+    src = item.source
+    return {
+        "file": src.name,
+        "line": item.line,
+        "seq": item.seq,
+        "claim": src.claim,
+        "end": item.end,
+    }
+
+
+def completed(
+    job: Job,
+    item: WorkItem,
+    prompt: Any,
+    params: dict[str, Any],
+    reply: Reply,
+    results: list[Accepted | Rejection],
+    now: float,
+) -> Outcome:
+    """The outcome of an item whose request succeeded: records and rejects."""
+    source = source_of(item)
+    usage = {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+    prompt_key = "messages" if job.config.api == "chat" else "prompt"
+    context = item.fields["context"]
+    records: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    digests: list[int] = []
+    for sample, (choice, result) in enumerate(zip(reply.choices, results, strict=True)):
+        base = {
+            "id": record_id(job.name, item.source.name, item.line, sample, context),
+            "job": job.name,
+            "source": source,
+            "sample": sample,
+        }
+        if isinstance(result, Rejection):
+            rejects.append(
+                {
+                    **base,
+                    "stage": "filter",
+                    "reason": result.reason,
+                    "detail": result.detail,
+                    "completion": choice.text,
+                    "finish_reason": choice.finish_reason,
+                    "params": params,
+                }
+            )
+            continue
+        rec: dict[str, Any] = {
+            **base,
+            prompt_key: prompt,
+            "completion": result.text,
+            "model": reply.model,
+            "params": params,
+            "usage": usage,
+            "finish_reason": choice.finish_reason,
+            "fingerprint": job.fingerprint,
+            "created": int(now),
+        }
+        if result.items is not None:
+            rec["items"] = result.items
+        if result.turns is not None:
+            rec["turns"] = [{"speaker": s, "text": t} for s, t in result.turns]
+        if result.data is not None:
+            rec["data"] = result.data
+        if item.meta:
+            rec["meta"] = item.meta
+        records.append(rec)
+        digests.append(digest(result.text))
+    lines: dict[str, list[dict[str, Any]]] = {}
+    if records:
+        lines["records"] = records
+    if rejects:
+        lines["rejects"] = rejects
+    return Outcome(
+        source=item.source,
+        seq=item.seq,
+        line=item.line,
+        end=item.end,
+        state="record" if records else "rejected",
+        lines=lines,
+        digests=digests if job.config.filters.dedupe else [],
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+    )
+
+
+def dead_letter(
+    job: Job, item: WorkItem, error: str, kind: str, attempts: int, now: float
+) -> Outcome:
+    """The outcome of an item that exhausted its attempts or was refused."""
+    line = {
+        "job": job.name,
+        "source": source_of(item),
+        "sample": None,
+        "error": error,
+        "kind": kind,
+        "attempts": attempts,
+        "fields": item.fields,
+        "failed_at": now,
+    }
+    return Outcome(item.source, item.seq, item.line, item.end, "dead", {"dead": [line]})
+
+
+def bad_input(job: Job, bad: BadLine, now: float) -> Outcome:
+    """The outcome of an input line that could not become an item."""
+    line = {
+        "job": job.name,
+        "source": source_of(bad),
+        "sample": None,
+        "stage": "input",
+        "reason": bad.reason,
+        "detail": bad.detail,
+        "created": now,
+    }
+    return Outcome(bad.source, bad.seq, bad.line, bad.end, "bad_input", {"rejects": [line]})

@@ -1,0 +1,65 @@
+"""The daemon's HTTP endpoint: ``/healthz`` (liveness and readiness), ``/metrics``.
+
+Bound to 127.0.0.1 by default: metrics name jobs and files, and nothing here
+needs to face a network. ``/healthz`` answers 200 while the event loop runs;
+its ``ready`` field (and ``/readyz``, 503 until then) says whether every
+provider has answered at least once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from synthd.metrics import StatsCollector
+
+if TYPE_CHECKING:
+    from synthd.daemon import Daemon
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
+    registry = CollectorRegistry()
+    registry.register(
+        StatsCollector({n: rt.stats for n, rt in daemon.jobs.items()}, daemon.provider_stats)
+    )
+
+    def ready() -> bool:
+        return all(p.answered for p in daemon.provider_stats.values())
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "ready": ready(),
+                "uptime_s": round(time.time() - daemon.started, 1),
+                "output_blocked": daemon.writer.blocked,
+            }
+        )
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.json_response({"ready": ready()}, status=200 if ready() else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = parse_listen(listen)
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    daemon.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner

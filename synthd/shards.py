@@ -1,0 +1,165 @@
+"""Append-only JSONL shards: one open ``.part`` file, renamed when full.
+
+A stream lives in one folder as ``PREFIX-000001.jsonl``, ``PREFIX-000002.jsonl``
+... The newest is ``PREFIX-00000N.jsonl.part`` while it is written; at
+``max_records`` or ``max_bytes`` it is fsynced and renamed to its final name,
+then the folder is fsynced. So any file with a final name is complete, and
+only the ``.part`` file can have a torn tail.
+
+Blocking I/O; only the writer's thread calls it. Durability across a crash is
+the writer's business: it fsyncs, then checkpoints the offset it reached, and
+at start-up hands each ``.part`` file's uncheckpointed tail to recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_PART = ".part"
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """The complete lines of a ``.part`` file after its checkpointed offset."""
+
+    path: str
+    start: int
+    lines: list[bytes]
+
+
+def shard_name(prefix: str, number: int) -> str:
+    return f"{prefix}-{number:06d}.jsonl"
+
+
+class ShardStream:
+    """One stream of shards in ``folder``. Not thread-safe: one writer only."""
+
+    def __init__(self, folder: Path, prefix: str, max_records: int, max_bytes: int) -> None:
+        self.folder = folder
+        self.prefix = prefix
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self._pattern = re.compile(re.escape(prefix) + r"-(\d{6})\.jsonl(\.part)?$")
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self.offset = 0
+        self.records = 0
+        self._dirty = False
+
+    @property
+    def part_path(self) -> str | None:
+        return None if self._path is None else str(self._path)
+
+    def parts(self) -> list[Path]:
+        """Every ``.part`` file of this stream (normally at most one)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(
+            p for p in self.folder.iterdir() if (m := self._pattern.match(p.name)) and m.group(2)
+        )
+
+    def recover(self, path: Path, committed: int) -> Tail:
+        """Cut a torn last line and return the complete lines past ``committed``.
+
+        A line is complete when it ends in a newline; anything after the last
+        newline is a write that a crash interrupted, so it is truncated away.
+        """
+        size = path.stat().st_size
+        start = min(committed, size)
+        with open(path, "r+b") as f:
+            f.seek(start)
+            tail = f.read()
+            cut = tail.rfind(b"\n") + 1
+            if cut < len(tail):
+                f.truncate(start + cut)
+                f.flush()
+                os.fsync(f.fileno())
+        return Tail(str(path), start, tail[:cut].splitlines())
+
+    def rewrite_tail(self, tail: Tail, keep: list[bytes]) -> None:
+        """Replace a recovered tail with only the lines worth keeping."""
+        with open(tail.path, "r+b") as f:
+            f.truncate(tail.start)
+            f.seek(tail.start)
+            if keep:
+                f.write(b"\n".join(keep) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def resume(self, path: Path) -> None:
+        """Continue appending to an existing ``.part`` file (after recovery)."""
+        self._open(path)
+        with open(path, "rb") as f:
+            self.records = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+    def append(self, data: bytes, count: int) -> None:
+        """Write ``count`` newline-terminated lines. On error nothing is left behind."""
+        if self._fd is None:
+            self._open(self.folder / (shard_name(self.prefix, self._next_number()) + _PART))
+        assert self._fd is not None
+        before = self.offset
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            # Leave no partial line behind: a later retry appends the batch again.
+            os.ftruncate(self._fd, before)
+            raise
+        self.offset += len(data)
+        self.records += count
+        self._dirty = True
+
+    def truncate_to(self, offset: int) -> None:
+        """Undo appends past ``offset`` (a batch whose commit failed)."""
+        if self._fd is not None and offset < self.offset:
+            os.ftruncate(self._fd, offset)
+            self.offset = offset
+
+    def sync(self) -> None:
+        if self._fd is not None and self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
+
+    @property
+    def full(self) -> bool:
+        return self.records >= self.max_records or self.offset >= self.max_bytes
+
+    def close_shard(self) -> Path | None:
+        """Fsync and rename the open shard to its final name. Returns that name."""
+        if self._fd is None or self._path is None:
+            return None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        final = self._path.with_name(self._path.name[: -len(_PART)])
+        os.rename(self._path, final)
+        _fsync_dir(self.folder)
+        self._fd, self._path, self.offset, self.records = None, None, 0, 0
+        return final
+
+    def _open(self, path: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._path = path
+        self.offset = os.fstat(self._fd).st_size
+        self.records = 0
+        _fsync_dir(self.folder)
+
+    def _next_number(self) -> int:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        numbers = [
+            int(m.group(1)) for p in self.folder.iterdir() if (m := self._pattern.match(p.name))
+        ]
+        return max(numbers, default=0) + 1
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,762 @@
+"""The simulator's HTTP shell: aiohttp handlers around the pure content, limits and faults.
+
+One request's trip: parse and validate (400) -> rate limits per API key (429) -> fault draw
+(a hang waits here; an error, HTML or drop answers here) -> generate the choices -> simulated
+latency -> respond. Request validation and response bodies, pure functions at the top of this
+module, follow OpenAI's wire format; content, limits and faults come from their pure modules.
+
+Hot-path rules: orjson only, no pydantic, no logging per request, no sleep when latency is 0,
+and stats are a few integer increments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from synthd.sim import content
+from synthd.sim.config import SimConfig, parse_args
+from synthd.sim.faults import Fault, FaultPlan
+from synthd.sim.limits import Admission, Limiter, rate_limit_message, retry_headers
+
+Kind = Literal["chat", "text"]
+
+MAX_N = 128
+MAX_STOP = 4
+DEFAULT_MAX_TOKENS: dict[Kind, int] = {"chat": 256, "text": 16}
+STATS_WINDOW_S = 600
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_JSON = "application/json"
+
+_SERVER_ERROR = orjson.dumps(
+    {
+        "error": {
+            "message": "The server had an error while processing your request. Sorry about that!",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+)
+_OVERLOADED = orjson.dumps(
+    {
+        "error": {
+            "message": "The engine is currently overloaded, please try again later.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+)
+_BAD_GATEWAY_HTML = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class InvalidRequest(Exception):
+    """A request the real API would refuse with 400; ``param`` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    """A validated completion request. ``prompts`` has one entry for chat (the messages' text)
+    and one per prompt for a batched legacy completion; each gets ``n`` choices."""
+
+    kind: Kind
+    model: str
+    prompts: tuple[str, ...]
+    prompt_tokens: int
+    n: int
+    max_tokens: int
+    stop: tuple[str, ...]
+    json_mode: bool
+
+    @property
+    def charged_tokens(self) -> int:
+        """The rate-limit charge at admission: prompt + max_tokens for every choice (as OpenAI)."""
+        return self.prompt_tokens + self.max_tokens * self.n * len(self.prompts)
+
+
+def _type_name(value: object) -> str:
+    return {
+        str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+        list: "an array", dict: "an object", type(None): "null",
+    }.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _wrong_type(param: str, expected: str, value: object) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead.",
+        param,
+    )
+
+
+def _int(body: dict[str, Any], param: str, default: int, low: int, high: int) -> int:
+    value = body.get(param)
+    if value is None:
+        return default
+    if type(value) is not int:
+        raise _wrong_type(param, "an integer", value)
+    if value < low:
+        raise InvalidRequest(f"{value} is less than the minimum of {low} - '{param}'", param)
+    if value > high:
+        raise InvalidRequest(f"{value} is greater than the maximum of {high} - '{param}'", param)
+    return value
+
+
+def _number(body: dict[str, Any], param: str, low: float, high: float) -> None:
+    value = body.get(param)
+    if value is None:
+        return
+    if type(value) not in (int, float):
+        raise _wrong_type(param, "a number", value)
+    if value < low:
+        raise InvalidRequest(f"{value} is less than the minimum of {low:g} - '{param}'", param)
+    if value > high:
+        raise InvalidRequest(f"{value} is greater than the maximum of {high:g} - '{param}'", param)
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise _wrong_type("stop", "a string or an array of strings", value)
+    if len(value) > MAX_STOP:
+        raise InvalidRequest(
+            f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOP}, "
+            f"but got an array with length {len(value)} instead.",
+            "stop",
+        )
+    return tuple(s for s in value if s)  # an empty stop sequence would match everywhere
+
+
+def _message_text(i: int, message: object) -> str:
+    if not isinstance(message, dict):
+        raise _wrong_type(f"messages[{i}]", "an object", message)
+    role = message.get("role")
+    if role is None:
+        raise InvalidRequest(
+            f"Missing required parameter: 'messages[{i}].role'.", f"messages[{i}].role"
+        )
+    if role not in _ROLES:
+        raise InvalidRequest(
+            f"Invalid value: '{role}'. Supported values are: {', '.join(sorted(_ROLES))}.",
+            f"messages[{i}].role",
+        )
+    value = message.get("content")
+    param = f"messages[{i}].content"
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise InvalidRequest(f"Missing required parameter: '{param}'.", param)
+    if not isinstance(value, list) or not value:
+        raise _wrong_type(param, "a string or a non-empty array of content parts", value)
+    texts = []
+    for j, part in enumerate(value):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _wrong_type(f"{param}[{j}]", "an object with a 'type'", part)
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise _wrong_type(f"{param}[{j}].text", "a string", part.get("text"))
+            texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _prompts(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("prompt")
+    if value is None:
+        raise InvalidRequest("Missing required parameter: 'prompt'.", "prompt")
+    if isinstance(value, str):
+        prompts: tuple[str, ...] = (value,)
+    elif isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        prompts = tuple(value)
+    else:
+        # Token-id prompts are valid for OpenAI but the simulator does not decode tokens.
+        raise _wrong_type("prompt", "a string or an array of strings", value)
+    if not all(prompts):
+        raise InvalidRequest("Invalid 'prompt': the prompt must not be empty.", "prompt")
+    return prompts
+
+
+def parse_request(kind: Kind, body: object) -> SimRequest:
+    """Validate a decoded JSON body as OpenAI would; raises InvalidRequest for a 400.
+
+    Unknown fields are ignored, as the real API ignores most of them. ``stream`` is refused:
+    the simulator answers only whole responses.
+    """
+    if not isinstance(body, dict):
+        raise InvalidRequest("Invalid request body: expected a JSON object.")
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("you must provide a model parameter", "model")
+    if not isinstance(model, str) or not model:
+        raise _wrong_type("model", "a non-empty string", model)
+    if body.get("stream"):
+        raise InvalidRequest("The simulator does not support 'stream'.", "stream")
+
+    json_mode = False
+    if kind == "chat":
+        messages = body.get("messages")
+        if messages is None:
+            raise InvalidRequest("Missing required parameter: 'messages'.", "messages")
+        if not isinstance(messages, list):
+            raise _wrong_type("messages", "an array", messages)
+        if not messages:
+            raise InvalidRequest(
+                "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                "but got an empty array instead.",
+                "messages",
+            )
+        texts = [_message_text(i, m) for i, m in enumerate(messages)]
+        prompts: tuple[str, ...] = ("\n".join(texts),)
+        prompt_tokens = content.chat_prompt_tokens(texts)
+        fmt = body.get("response_format")
+        if fmt is not None:
+            if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+                raise _wrong_type("response_format", "an object with a 'type'", fmt)
+            json_mode = fmt["type"] in ("json_object", "json_schema")
+        max_param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    else:
+        prompts = _prompts(body)
+        prompt_tokens = sum(content.count_tokens(p) for p in prompts)
+        max_param = "max_tokens"
+
+    n = _int(body, "n", 1, 1, MAX_N)
+    max_tokens = _int(body, max_param, DEFAULT_MAX_TOKENS[kind], 1, 1 << 31)
+    _number(body, "temperature", 0.0, 2.0)
+    _number(body, "top_p", 0.0, 1.0)
+    _number(body, "presence_penalty", -2.0, 2.0)
+    _number(body, "frequency_penalty", -2.0, 2.0)
+    return SimRequest(
+        kind=kind,
+        model=model,
+        prompts=prompts,
+        prompt_tokens=prompt_tokens,
+        n=n,
+        max_tokens=max_tokens,
+        stop=_stop(body),
+        json_mode=json_mode,
+    )
+
+
+# Fields that limit or shape delivery but not what a seeded model samples: leaving them out of
+# the content key makes a request with stop or a smaller max_tokens (or a larger n) get a prefix
+# of (or more of) the same answers, as a real model sampling with a fixed seed would.
+_DELIVERY_FIELDS = frozenset({"n", "max_tokens", "max_completion_tokens", "stop", "stream", "user"})
+
+
+def content_key(body: dict[str, Any]) -> bytes:
+    """The canonical bytes a request's content is seeded from: the body without delivery
+    fields, keys sorted, so key order and whitespace do not change the answer either."""
+    return orjson.dumps(
+        {k: v for k, v in body.items() if k not in _DELIVERY_FIELDS}, option=orjson.OPT_SORT_KEYS
+    )
+
+
+def api_key(authorization: str | None) -> str:
+    """The key a request is limited under: the bearer token, or "anonymous" without one."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or "anonymous"
+    return "anonymous"
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def completion_body(
+    req: SimRequest,
+    id_: str,
+    created: int,
+    choices: list[tuple[str | None, str]],
+    completion_tokens: int,
+    with_usage: bool = True,
+) -> dict[str, Any]:
+    """An OpenAI chat.completion or text_completion object for (content, finish_reason) pairs."""
+    if req.kind == "chat":
+        body: dict[str, Any] = {
+            "id": "chatcmpl-" + id_,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+                for i, (text, finish) in enumerate(choices)
+            ],
+            "system_fingerprint": "fp_synthd_sim",
+        }
+    else:
+        body = {
+            "id": "cmpl-" + id_,
+            "object": "text_completion",
+            "created": created,
+            "model": req.model,
+            "choices": [
+                {"text": text or "", "index": i, "logprobs": None, "finish_reason": finish}
+                for i, (text, finish) in enumerate(choices)
+            ],
+        }
+    if with_usage:
+        body["usage"] = {
+            "prompt_tokens": req.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": req.prompt_tokens + completion_tokens,
+        }
+    return body
+
+
+# --- stats -----------------------------------------------------------------------------------
+
+
+class Stats:
+    """Counters behind GET /stats. Updating costs a few dict/int operations per request."""
+
+    __slots__ = (
+        "accepted_tokens",
+        "by_status",
+        "completion_tokens",
+        "faults",
+        "per_second",
+        "prompt_tokens",
+        "rate_limited",
+        "requests",
+        "started",
+    )
+
+    def __init__(self, started: float) -> None:
+        self.reset(started)
+
+    def reset(self, started: float) -> None:
+        """Zero every counter in place (handlers in flight keep counting into this object)."""
+        self.started = started
+        self.requests = 0
+        self.rate_limited = 0
+        self.accepted_tokens = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.by_status: dict[int, int] = {}
+        self.faults: dict[str, int] = {}
+        self.per_second: dict[int, int] = {}
+
+    def status(self, code: int) -> None:
+        self.by_status[code] = self.by_status.get(code, 0) + 1
+
+    def admitted(self, unix_s: float, tokens: int) -> None:
+        self.accepted_tokens += tokens
+        second = int(unix_s)
+        count = self.per_second.get(second)
+        if count is None:
+            # A new second: the moment to forget seconds that fell out of the window, so the
+            # dict stays bounded without a timer.
+            if len(self.per_second) >= STATS_WINDOW_S:
+                horizon = second - STATS_WINDOW_S
+                for old in [s for s in self.per_second if s <= horizon]:
+                    del self.per_second[old]
+            count = 0
+        self.per_second[second] = count + 1
+
+    def snapshot(self, unix_s: float) -> dict[str, Any]:
+        """The JSON of GET /stats; per_second covers the last STATS_WINDOW_S seconds."""
+        horizon = int(unix_s) - STATS_WINDOW_S
+        return {
+            "requests": self.requests,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "faults": dict(self.faults),
+            "rate_limited": self.rate_limited,
+            "accepted_tokens": self.accepted_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "per_second": [[s, c] for s, c in sorted(self.per_second.items()) if s > horizon],
+            "started": self.started,
+        }
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+class Latency:
+    """Draws a response's simulated latency; the base is lognormal or clipped normal."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self._rng = random.Random(cfg.seed)
+        self._mean_s = cfg.latency_ms / 1000
+        self._spread_s = cfg.latency_spread_ms / 1000
+        self._per_token_s = cfg.latency_per_token_ms / 1000
+        self._lognormal = cfg.latency_dist == "lognormal"
+        self.enabled = self._mean_s > 0 or self._per_token_s > 0
+        if self._mean_s > 0 and self._spread_s > 0:
+            # Parameters of the lognormal with the configured mean and standard deviation.
+            var = math.log1p((self._spread_s / self._mean_s) ** 2)
+            self._sigma = math.sqrt(var)
+            self._mu = math.log(self._mean_s) - var / 2
+
+    def draw_s(self, completion_tokens: int) -> float:
+        base = self._mean_s
+        if base > 0 and self._spread_s > 0:
+            if self._lognormal:
+                base = self._rng.lognormvariate(self._mu, self._sigma)
+            else:
+                base = max(0.0, self._rng.gauss(self._mean_s, self._spread_s))
+        return base + self._per_token_s * completion_tokens
+
+
+class Sim:
+    """The simulator's state and handlers. One per app; not thread-safe (one event loop)."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.stats = Stats(time.time())
+        self.limiter = Limiter(cfg.rpm, cfg.tpm, cfg.limit_window_s)
+        self.faults = FaultPlan.from_probabilities(cfg.fault_probabilities(), cfg.fault_seed)
+        self.latency = Latency(cfg)
+        self.stopping = asyncio.Event()
+        self._admitted = 0
+        self._id_prefix = os.urandom(6).hex()
+        self._id_counter = 0
+        self._forced_mode = None if cfg.mode == "auto" else cfg.mode
+        self._models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": int(self.stats.started),
+                     "owned_by": "synthd-sim"}
+                    for m in cfg.models
+                ],
+            }
+        )  # fmt: skip
+
+    # -- helpers --
+
+    def _respond(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        content_type: str = _JSON,
+    ) -> web.Response:
+        self.stats.status(status)
+        return web.Response(status=status, body=body, headers=headers, content_type=content_type)
+
+    def _next_id(self) -> str:
+        self._id_counter += 1
+        return f"{self._id_prefix}{self._id_counter:012x}"
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    async def _hang(self) -> None:
+        # Ends early when the server stops, so shutdown never waits hang_s for a handler.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), self.cfg.hang_s)
+
+    def _choices(
+        self, req: SimRequest, key: bytes
+    ) -> tuple[list[tuple[str | None, str]], int, int]:
+        """(content, finish_reason) per choice, total completion tokens, longest choice's."""
+        digest = content.request_digest(self.cfg.seed, key)
+        mode = self._forced_mode or ("json" if req.json_mode else None)
+        choices: list[tuple[str | None, str]] = []
+        total = longest = 0
+        for j, prompt in enumerate(req.prompts):
+            info = content.analyse(prompt, mode)
+            for k in range(req.n):
+                # Indexed by (prompt, choice) independently of n, so n=1 gets choice 0 of n=3.
+                rng = content.choice_rng(digest, j * MAX_N + k)
+                text, finish = content.cut(content.generate(info, rng), req.max_tokens, req.stop)
+                tokens = content.count_tokens(text)
+                total += tokens
+                longest = max(longest, tokens)
+                choices.append((text, finish))
+        return choices, total, longest
+
+    # -- handlers --
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, "chat")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, "text")
+
+    async def _complete(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        stats = self.stats
+        stats.requests += 1
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return self._respond(
+                400,
+                error_body(
+                    "We could not parse the JSON body of your request. (HINT: This likely means "
+                    "you aren't using your HTTP library correctly.)",
+                    "invalid_request_error",
+                ),
+                {},
+            )
+        try:
+            req = parse_request(kind, body)
+        except InvalidRequest as e:
+            return self._respond(400, error_body(e.message, "invalid_request_error", e.param), {})
+
+        charge = req.charged_tokens
+        admission = self.limiter.admit(
+            api_key(request.headers.get("Authorization")), charge, asyncio.get_running_loop().time()
+        )
+        if not admission.admitted:
+            return self._rate_limited(admission, req, charge)
+        headers = dict(admission.headers)
+        headers["x-request-id"] = "req_" + self._next_id()
+        now = time.time()
+        stats.admitted(now, charge)
+        fault = self.faults.choose(self._admitted) if self.faults.active else None
+        self._admitted += 1
+        if fault is not None:
+            stats.faults[fault] = stats.faults.get(fault, 0) + 1
+            if fault == "hang":
+                await self._hang()
+            elif fault in ("500", "503", "html", "drop"):
+                return await self._fail(request, fault, headers)
+
+        choices, completion_tokens, longest = self._choices(req, content_key(body))
+        if fault == "empty_choices":
+            choices, completion_tokens = [], 0
+        elif fault == "content_filter":
+            choices, completion_tokens = [(None, "content_filter")], 0
+        stats.prompt_tokens += req.prompt_tokens
+        stats.completion_tokens += completion_tokens
+        out = orjson.dumps(
+            completion_body(
+                req, self._next_id(), int(now), choices, completion_tokens, fault != "no_usage"
+            )
+        )
+        if fault == "truncate":
+            out = out[: len(out) // 2]
+        if self.latency.enabled:
+            await self._sleep(self.latency.draw_s(longest))
+        return self._respond(200, out, headers)
+
+    def _rate_limited(self, admission: Admission, req: SimRequest, charge: int) -> web.Response:
+        self.stats.rate_limited += 1
+        headers = dict(admission.headers)
+        if not admission.too_large:
+            headers.update(retry_headers(admission.wait_s))
+        message = rate_limit_message(admission, req.model, charge)
+        body = error_body(message, admission.kind or "requests", None, "rate_limit_exceeded")
+        return self._respond(429, body, headers)
+
+    async def _fail(
+        self, request: web.Request, fault: Fault, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        if self.latency.enabled:
+            await self._sleep(self.latency.draw_s(0))
+        if fault == "500":
+            return self._respond(500, _SERVER_ERROR, headers)
+        if fault == "503":
+            return self._respond(503, _OVERLOADED, headers)
+        if fault == "html":
+            return self._respond(502, _BAD_GATEWAY_HTML, headers, "text/html")
+        # drop: close the connection with nothing sent. aiohttp then fails to write the
+        # response below to the closed transport and swallows that ConnectionError quietly.
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response(status=599)
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self._models_body, content_type=_JSON)
+
+    async def get_stats(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=orjson.dumps(self.stats.snapshot(time.time())), content_type=_JSON)
+
+    async def reset_stats(self, request: web.Request) -> web.StreamResponse:
+        self.stats.reset(time.time())
+        return await self.get_stats(request)
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
+
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        body = error_body(f"Invalid URL ({request.method} {request.path})", "invalid_request_error")
+        return web.Response(status=404, body=body, content_type=_JSON)
+
+
+SIM_KEY = web.AppKey("sim", Sim)
+
+
+def make_app(cfg: SimConfig) -> web.Application:
+    """The aiohttp application; its Sim state is ``app[SIM_KEY]``. Does not bind anything."""
+    sim = Sim(cfg)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[SIM_KEY] = sim
+
+    async def on_shutdown(app: web.Application) -> None:
+        sim.stopping.set()
+
+    app.on_shutdown.append(on_shutdown)
+    r = app.router
+    r.add_post("/v1/chat/completions", sim.chat_completions)
+    r.add_post("/v1/completions", sim.completions)
+    r.add_get("/v1/models", sim.models)
+    r.add_get("/stats", sim.get_stats)
+    r.add_post("/stats/reset", sim.reset_stats)
+    r.add_get("/health", sim.health)
+    r.add_route("*", "/{tail:.*}", sim.not_found)
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class RunningSim:
+    """A simulator serving in the current event loop (see ``running_sim``)."""
+
+    host: str
+    port: int
+    app: web.Application
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """What an OpenAI client takes as base_url."""
+        return self.url + "/v1"
+
+    @property
+    def sim(self) -> Sim:
+        return self.app[SIM_KEY]
+
+    def stats(self) -> dict[str, Any]:
+        """The same dict GET /stats returns."""
+        return self.sim.stats.snapshot(time.time())
+
+    def reset_stats(self) -> None:
+        """The same as POST /stats/reset."""
+        self.sim.stats.reset(time.time())
+
+
+@contextlib.asynccontextmanager
+async def running_sim(cfg: SimConfig) -> AsyncIterator[RunningSim]:
+    """Serve ``cfg`` on cfg.host:cfg.port (port 0 = a free one) in the running loop.
+
+    Yields once listening; on exit stops accepting, ends hanging requests at once, waits up to
+    5 s for in-flight handlers, then cancels them. Raises OSError if the address is taken.
+    """
+    app = make_app(cfg)
+    # handler_cancellation: a client that gives up (a timeout on a hang) cancels its handler,
+    # as a real server stops generating for a closed connection.
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=5.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, cfg.host, cfg.port)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        yield RunningSim(cfg.host, port, app)
+    finally:
+        await runner.cleanup()
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def serve(cfg: SimConfig) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly; a second signal cancels the
+    drain. Prints one ``sim_listening`` JSON line on stdout once listening."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    task = asyncio.current_task()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            stop.set()
+        elif task is not None:
+            task.cancel("second signal")
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with running_sim(cfg) as sim:
+            line = {
+                "event": "sim_listening",
+                "url": sim.base_url,
+                "host": sim.host,
+                "port": sim.port,
+                "pid": os.getpid(),
+                "config": asdict(cfg),
+            }
+            sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            sys.stdout.flush()
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``synthd sim ...`` / ``python -m synthd.sim ...``; returns the exit code.
+
+    0 after a signal-initiated shutdown, 2 for bad arguments (argparse's message on stderr),
+    1 when the server cannot start (e.g. the port is taken) or is forced down.
+    """
+    try:
+        cfg = parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help and on errors; we return instead
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(serve(cfg))
+    except OSError as e:
+        sys.stderr.write(orjson.dumps({"event": "sim_failed", "error": str(e)}).decode() + "\n")
+        return 1
+    except asyncio.CancelledError:
+        return 1

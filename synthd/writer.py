@@ -1,0 +1,350 @@
+"""The single writer: where an outcome becomes durable, in a fixed order.
+
+Every item's outcome (records, rejects, a dead letter, a bad input line) goes
+through ``Writer.submit``. The writer batches them for ``commit_interval_s``
+and commits each batch in a worker thread, in this order:
+
+1. de-duplicate records against the job's history (inside the transaction);
+2. append the batch's lines to the ``.part`` shards and fsync each file once
+   (group fsync: one fsync per stream per batch, not per record);
+3. commit the checkpoint: the items, the new resume points and the shard
+   offsets the checkpoint now vouches for;
+4. roll full shards to their final names; finish sources whose every item is
+   done (their spool file moves to ``done/``).
+
+So a record is on disk before its item counts as done. A crash between 2 and 3
+leaves lines past the committed offset: ``recover`` adopts the complete items
+among them (no request is sent again) and cuts the rest, including a torn last
+line. If a write fails (disk full, read-only folder) the batch is rolled back
+from the files, the writer reports itself blocked, and retries until it works:
+nothing is thrown away, and the dispatcher stops sending meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+
+from synthd import spool
+from synthd.checkpoint import Checkpoint, Transaction
+from synthd.config import Config
+from synthd.errors import OutputBlocked
+from synthd.models import Outcome, Source
+from synthd.shards import ShardStream, Tail
+
+log = structlog.get_logger("synthd.writer")
+
+STREAMS = ("records", "rejects", "dead")
+_RETRY_BLOCKED_S = 2.0
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far a source's items are done, for its resume point."""
+
+    source: Source
+    seq: int  # every item below this is done
+    line: int
+    offset: int
+    done: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (line, end)
+    total: int | None = None
+
+    def mark(self, seq: int, line: int, end: int) -> bool:
+        """Record one done item; True if the resume point moved."""
+        if seq != self.seq:
+            self.done[seq] = (line, end)
+            return False
+        self.seq, self.line, self.offset = seq + 1, line, end
+        while self.seq in self.done:
+            self.line, self.offset = self.done.pop(self.seq)
+            self.seq += 1
+        return True
+
+    @property
+    def complete(self) -> bool:
+        return self.total is not None and self.seq >= self.total
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEnd:
+    """The reader reached the end of a source: it has ``total`` items."""
+
+    source_id: int
+    total: int
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return orjson.dumps(obj)
+
+
+class Writer:
+    def __init__(
+        self,
+        config: Config,
+        checkpoint: Checkpoint,
+        on_committed: Callable[[list[Outcome]], None],
+        on_source_done: Callable[[Source, str], None],
+    ) -> None:
+        self.config = config
+        self.cp = checkpoint
+        self._on_committed = on_committed
+        self._on_source_done = on_source_done
+        self.streams: dict[str, dict[str, ShardStream]] = {}
+        for name, job in config.jobs.items():
+            out = config.paths.out / name
+            o = job.config.output
+            self.streams[name] = {
+                "records": ShardStream(out, name, o.shard_max_records, o.shard_max_bytes),
+                "rejects": ShardStream(out / "rejects", "rejects", 1_000_000, o.shard_max_bytes),
+                "dead": ShardStream(out / "dead-letter", "dead", 1_000_000, o.shard_max_bytes),
+            }
+        self.progress: dict[int, Progress] = {}
+        self._pending: list[Outcome | SourceEnd] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.blocked: str | None = None
+        self.unblocked = asyncio.Event()
+        self.unblocked.set()
+        self._closing = False
+        self.records_written = 0
+
+    # -- start-up --------------------------------------------------------
+
+    def recover(self) -> int:
+        """Reconcile shards with the checkpoint; returns how many items were adopted.
+
+        Blocking; runs once before any work is read.
+        """
+        adopted = 0
+        for job, streams in self.streams.items():
+            tails: dict[str, list[Tail]] = {}
+            for kind, stream in streams.items():
+                parts = stream.parts()
+                tails[kind] = [stream.recover(p, self.cp.committed_offset(str(p))) for p in parts]
+            adopted += self._adopt(job, tails)
+            for stream in streams.values():
+                parts = stream.parts()
+                for p in parts[:-1]:  # only the newest may stay open
+                    os.rename(p, p.with_name(p.name.removesuffix(".part")))
+                if parts:
+                    stream.resume(parts[-1])
+        return adopted
+
+    def _adopt(self, job: str, tails: dict[str, list[Tail]]) -> int:
+        lines_of: dict[tuple[str, int], list[tuple[str, dict[str, Any], bytes]]] = {}
+        for kind, kind_tails in tails.items():
+            for tail in kind_tails:
+                for raw in tail.lines:
+                    try:
+                        obj = orjson.loads(raw)
+                        key = (obj["source"]["claim"], int(obj["source"]["seq"]))
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                        continue  # not ours or garbage: cut below
+                    lines_of.setdefault(key, []).append((kind, obj, raw))
+        ids = self.cp.claim_ids(c for c, _ in lines_of)
+        complete = {k: v for k, v in lines_of.items() if k[0] in ids and _complete(v)}
+        outcomes = [_outcome_from_lines(ids[k[0]], job, k[1], v) for k, v in complete.items()]
+        keep = {raw for lines in complete.values() for _, _, raw in lines}
+        with self.cp.transaction() as tx:
+            for kind, kind_tails in tails.items():
+                for tail in kind_tails:
+                    kept = [raw for raw in tail.lines if raw in keep]
+                    if len(kept) != len(tail.lines):
+                        self.streams[job][kind].rewrite_tail(tail, kept)
+                    tx.offsets({tail.path: os.path.getsize(tail.path)})
+            tx.record(outcomes)
+            tx.dedupe(job, [d for o in outcomes for d in o.digests])
+        for o in outcomes:
+            log.info("record_adopted", job=job, claim=o.source.claim, seq=o.seq)
+        return len(outcomes)
+
+    def track(self, source: Source, done_after: dict[int, tuple[int, int]]) -> Progress:
+        """Start following a source's progress from its resume point.
+
+        ``done_after`` holds items finished out of order before a restart: the
+        reader skips them, and the resume point moves past them in turn.
+        """
+        p = Progress(source, source.resume_seq, source.resume_line, source.resume_offset)
+        p.done.update(done_after)
+        self.progress[source.id] = p
+        return p
+
+    # -- the loop side ---------------------------------------------------
+
+    def submit(self, item: Outcome | SourceEnd) -> None:
+        """Queue an outcome for the next commit. Never blocks."""
+        self._pending.append(item)
+        self._idle.clear()
+        self._wake.set()
+
+    async def wait_idle(self) -> None:
+        """Return once everything submitted so far is committed."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """Commit batches until ``close``; the last batch is committed before return."""
+        interval = self.config.service.commit_interval_s
+        while True:
+            await self._wake.wait()
+            if not self._closing:
+                await asyncio.sleep(interval)  # gather a group for one fsync
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._commit_until_done(batch)
+            if not self._pending:
+                self._idle.set()
+                if self._closing:
+                    return
+
+    async def close(self) -> None:
+        """Commit what is pending, then stop ``run``. Shielded by the caller."""
+        self._closing = True
+        self._wake.set()
+        await self.wait_idle()
+
+    async def _commit_until_done(self, batch: list[Outcome | SourceEnd]) -> None:
+        while True:
+            try:
+                finished = await asyncio.to_thread(self._commit, batch)
+            except OutputBlocked as e:
+                if self.blocked is None:
+                    log.error("output_blocked", path=e.path, error=str(e))
+                    self.blocked = str(e)
+                    self.unblocked.clear()
+                await asyncio.sleep(_RETRY_BLOCKED_S)
+                continue
+            break
+        if self.blocked is not None:
+            log.warning("output_resumed", was=self.blocked)
+            self.blocked = None
+            self.unblocked.set()
+        self._on_committed([o for o in batch if isinstance(o, Outcome)])
+        for source, path in finished:
+            self._on_source_done(source, path)
+
+    # -- the thread side -------------------------------------------------
+
+    def _commit(self, batch: list[Outcome | SourceEnd]) -> list[tuple[Source, str]]:
+        outcomes = [o for o in batch if isinstance(o, Outcome)]
+        ends = [e for e in batch if isinstance(e, SourceEnd)]
+        touched: dict[ShardStream, int] = {}
+        try:
+            with self.cp.transaction() as tx:
+                data = self._encode(tx, outcomes)
+                for (job, kind), (chunk, count) in data.items():
+                    stream = self.streams[job][kind]
+                    touched.setdefault(stream, stream.offset)
+                    stream.append(chunk, count)
+                for stream in touched:
+                    stream.sync()
+                tx.record(outcomes)
+                tx.resume_points(self._advance(outcomes, ends))
+                tx.offsets({s.part_path: s.offset for s in touched if s.part_path})
+        except OSError as e:
+            for stream, before in touched.items():
+                stream.truncate_to(before)
+            if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
+                raise OutputBlocked(str(e.filename or self.config.paths.out), str(e)) from e
+            raise
+        self.records_written += sum(c for (_, k), (_, c) in data.items() if k == "records")
+        for stream in touched:
+            if stream.full:
+                stream.close_shard()
+        return self._finish_sources()
+
+    def _encode(
+        self, tx: Transaction, outcomes: list[Outcome]
+    ) -> dict[tuple[str, str], tuple[bytes, int]]:
+        chunks: dict[tuple[str, str], list[bytes]] = {}
+        for o in outcomes:
+            job = o.source.job
+            records = o.lines.get("records", [])
+            fresh = tx.dedupe(job, o.digests) if o.digests else [True] * len(records)
+            for rec, new in zip(records, fresh, strict=True):
+                if new:
+                    chunks.setdefault((job, "records"), []).append(encode(rec))
+                else:
+                    dup = {**rec, "reason": "duplicate", "detail": "same completion seen before"}
+                    chunks.setdefault((job, "rejects"), []).append(encode(dup))
+            for kind in ("rejects", "dead"):
+                for obj in o.lines.get(kind, ()):
+                    chunks.setdefault((job, kind), []).append(encode(obj))
+        return {k: (b"\n".join(v) + b"\n", len(v)) for k, v in chunks.items()}
+
+    def _advance(
+        self, outcomes: list[Outcome], ends: list[SourceEnd]
+    ) -> dict[int, tuple[int, int, int]]:
+        moved: dict[int, tuple[int, int, int]] = {}
+        for o in outcomes:
+            p = self.progress.get(o.source.id)
+            if p is not None and p.mark(o.seq, o.line, o.end):
+                moved[o.source.id] = (p.seq, p.line, p.offset)
+        for e in ends:
+            if (p := self.progress.get(e.source_id)) is not None:
+                p.total = e.total
+        return moved
+
+    def _finish_sources(self) -> list[tuple[Source, str]]:
+        finished = []
+        for sid, p in list(self.progress.items()):
+            if not p.complete:
+                continue
+            del self.progress[sid]
+            src = p.source
+            job_dir = self.config.paths.spool / src.job
+            target = spool.unique_target(job_dir / spool.DONE, src.name)
+            self.cp.end_source(sid, "done", str(target), None)
+            try:
+                os.rename(src.path, target)
+            except FileNotFoundError:
+                log.warning("source_vanished", job=src.job, file=src.name)
+            finished.append((src, str(target)))
+        return finished
+
+    def close_files(self) -> None:
+        """On a clean stop every open shard gets its final name: the run is whole."""
+        for streams in self.streams.values():
+            for s in streams.values():
+                s.close_shard()
+
+
+def _complete(lines: list[tuple[str, dict[str, Any], bytes]]) -> bool:
+    """An item's lines are complete when every sample it asked for is there."""
+    samples = [obj for _, obj, _ in lines if obj.get("sample") is not None]
+    if not samples:
+        return True  # a dead letter or a bad input line stands alone
+    n = int(samples[0].get("params", {}).get("n", 1))
+    return len({obj["sample"] for obj in samples}) == n
+
+
+def _outcome_from_lines(
+    source_id: int, job: str, seq: int, lines: list[tuple[str, dict[str, Any], bytes]]
+) -> Outcome:
+    from synthd.records import digest
+
+    kinds = {kind for kind, _, _ in lines}
+    first = lines[0][1]
+    src = Source(source_id, job, first["source"]["claim"], first["source"].get("file", ""), "", "")
+    state = "record" if "records" in kinds else "dead" if "dead" in kinds else "rejected"
+    if state == "rejected" and first.get("stage") == "input":
+        state = "bad_input"
+    usage = first.get("usage") or {}
+    return Outcome(
+        source=src,
+        seq=seq,
+        line=int(first["source"].get("line", 0)),
+        end=int(first["source"].get("end", 0)),
+        state=state,
+        digests=[digest(obj["completion"]) for k, obj, _ in lines if k == "records"],
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+    )
