@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from synthd.models import Outcome, Source
 
@@ -163,16 +164,22 @@ class Checkpoint:
                 (status, path, reason, time.time(), source_id),
             )
 
+    def ended_paths(self, claims: Iterable[str]) -> dict[str, str]:
+        """For claims of finished sources, where their file belongs now."""
+        return self._by_claim("SELECT claim, path FROM sources WHERE status != 'active'", claims)
+
     def claim_ids(self, claims: Iterable[str]) -> dict[str, int]:
         """Map claim ids (as found in output lines) to source ids."""
+        return self._by_claim("SELECT claim, id FROM sources WHERE 1", claims)
+
+    def _by_claim(self, select: str, claims: Iterable[str]) -> dict[str, Any]:
         wanted = list(set(claims))
-        found: dict[str, int] = {}
+        found: dict[str, Any] = {}
         with self._lock:
-            for i in range(0, len(wanted), 500):
+            for i in range(0, len(wanted), 500):  # SQLite caps the number of parameters
                 chunk = wanted[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                q = f"SELECT claim, id FROM sources WHERE claim IN ({marks})"
-                found.update(self._db.execute(q, chunk).fetchall())
+                found.update(self._db.execute(f"{select} AND claim IN ({marks})", chunk))
         return found
 
     # -- streams ---------------------------------------------------------

@@ -223,8 +223,10 @@ class Daemon:
         try:
             job_dir = self.config.paths.spool / name
             await asyncio.to_thread(spool.ensure_layout, job_dir)
+            await asyncio.to_thread(self._sweep_work, job_dir)
             for src in await asyncio.to_thread(self.checkpoint.active_sources, name):
-                await self._read_source(name, src)
+                if await asyncio.to_thread(self._claim_happened, job_dir, src):
+                    await self._read_source(name, src)
             settler = spool.Settler(self.config.service.settle_s)
             while not self._stop.is_set():
                 entries = await asyncio.to_thread(spool.scan, job_dir)
@@ -249,6 +251,25 @@ class Daemon:
         src = await asyncio.to_thread(self._claim, name, job_dir, entry.name)
         if src is not None:
             await self._read_source(name, src)
+
+    def _sweep_work(self, job_dir: Path) -> None:
+        """Finish moves a crash interrupted: a finished source's file left in .work/."""
+        work = job_dir / spool.WORK
+        names = {p.name.split("-", 1)[0]: p for p in work.iterdir() if "-" in p.name}
+        for claim_id, target in self.checkpoint.ended_paths(names).items():
+            src_path = names[claim_id]
+            if str(src_path) != target and not Path(target).exists():
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                os.rename(src_path, target)
+                log.info("move_finished", file=src_path.name, moved_to=target)
+
+    def _claim_happened(self, job_dir: Path, src: Source) -> bool:
+        """A crash between recording a claim and its rename leaves a row to drop."""
+        if Path(src.path).exists() or src.resume_seq > 0:
+            return True
+        self.checkpoint.forget_source(src.id)
+        log.info("claim_forgotten", job=src.job, file=src.name)
+        return False
 
     def _claim(self, name: str, job_dir: Path, filename: str) -> Source | None:
         """Record the claim, then rename: a crash between leaves a row to forget."""

@@ -1,0 +1,91 @@
+"""Shared fixtures: a working folder laid out like a deployment, and a config writer."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Workdir:
+    """A deployment in tmp_path: prompts/, config/, spool/, out/, state/."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        shutil.copytree(ROOT / "prompts", path / "prompts")
+        (path / "config").mkdir()
+
+    def write_config(
+        self, base_url: str, jobs: str, provider: str = "", service: str = "", rpm: int = 1_000_000
+    ) -> Path:
+        text = f"""
+[provider]
+base_url = "{base_url}"
+rpm = {rpm}
+tpm = 1000000000
+max_in_flight = 64
+request_timeout_s = 5
+backoff_base_s = 0.05
+backoff_max_s = 0.5
+{provider}
+
+[service]
+listen = ""
+settle_s = 0
+scan_interval_s = 0.1
+progress_interval_s = 60
+{service}
+
+{jobs}
+"""
+        cfg = self.path / "config" / "synthd.toml"
+        cfg.write_text(text)
+        return cfg
+
+    def spool(self, job: str) -> Path:
+        d = self.path / "spool" / job
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def lines(self, job: str, stream: str = "records") -> list[dict[str, Any]]:
+        """Every complete line of a job's stream, closed and open shards alike."""
+        folder = self.path / "out" / job
+        if stream == "rejects":
+            folder = folder / "rejects"
+        elif stream == "dead":
+            folder = folder / "dead-letter"
+        out = []
+        for shard in sorted(folder.glob("*.jsonl*")):
+            out.extend(orjson.loads(raw) for raw in shard.read_bytes().splitlines())
+        return out
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workdir]:
+    monkeypatch.chdir(tmp_path)
+    yield Workdir(tmp_path)
+
+
+def simple_job(name: str = "q", **extra: Any) -> str:
+    """A job that keeps every non-empty completion, so counts are exact."""
+    lines = [
+        f"[jobs.{name}]",
+        'prompt = "prompts/questions.txt"',
+        'model = "sim-1"',
+        "max_tokens = 40",
+    ]
+    filters = {"dedupe": "false"}
+    for key, value in extra.items():
+        if key.startswith("f_"):
+            filters[key[2:]] = value
+        else:
+            lines.append(f"{key} = {value}")
+    lines.append(f"[jobs.{name}.filters]")
+    lines.extend(f"{k} = {v}" for k, v in filters.items())
+    return "\n".join(lines) + "\n"

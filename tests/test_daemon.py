@@ -1,0 +1,142 @@
+"""The daemon end to end against the simulator over a real socket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import orjson
+from structlog.testing import capture_logs
+
+from synthd import config
+from synthd.daemon import Daemon
+from synthd.sim import SimConfig, running_sim
+from tests.conftest import Workdir, simple_job
+
+
+async def run_once(work: Workdir) -> Daemon:
+    cfg = config.load(work.path / "config" / "synthd.toml")
+    daemon = Daemon(cfg, once=True, handle_signals=False)
+    assert await daemon.run() == 0
+    return daemon
+
+
+async def test_ten_thousand_items_each_recorded_once(work: Workdir) -> None:
+    async with running_sim(SimConfig(port=0)) as sim:
+        work.write_config(sim.base_url, simple_job("q"))
+        rows = b"".join(
+            orjson.dumps({"text": f"context number {i} about item {i * 7}", "n": i}) + b"\n"
+            for i in range(10_000)
+        )
+        (work.spool("q") / "big.jsonl").write_bytes(rows)
+        await run_once(work)
+        assert sim.stats()["by_status"] == {"200": 10_000}
+    records = work.lines("q")
+    assert len(records) == 10_000
+    assert len({r["id"] for r in records}) == 10_000
+    assert sorted(r["meta"]["n"] for r in records) == list(range(10_000))
+    assert (work.spool("q") / "done" / "big.jsonl").exists()
+    assert not list((work.spool("q") / ".work").iterdir())
+    # A clean stop gives every shard its final name.
+    assert [p.name for p in (work.path / "out" / "q").glob("*.jsonl")] == ["q-000001.jsonl"]
+
+
+async def test_spool_lifecycle_done_and_failed(work: Workdir) -> None:
+    async with running_sim(SimConfig(port=0)) as sim:
+        work.write_config(sim.base_url, simple_job("q"))
+        spool = work.spool("q")
+        (spool / "a.txt").write_text("A passage about the river and the bridge.")
+        (spool / "b.txt").write_text("Another passage, about a long night shift.")
+        (spool / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+        (spool / "empty.txt").write_text("   \n\n")
+        (spool / ".hidden.txt").write_text("not for us")
+        (spool / "partial.txt.part").write_text("still being written")
+        with capture_logs() as logs:
+            await run_once(work)
+    assert sorted(p.name for p in (spool / "done").iterdir()) == ["a.txt", "b.txt"]
+    failed = sorted(p.name for p in (spool / "failed").iterdir())
+    assert failed == ["empty.txt", "empty.txt.error.json", "image.txt", "image.txt.error.json"]
+    reasons = {
+        name: orjson.loads((spool / "failed" / f"{name}.error.json").read_bytes())["reason"]
+        for name in ("empty.txt", "image.txt")
+    }
+    assert reasons == {"empty.txt": "empty", "image.txt": "binary"}
+    assert (spool / ".hidden.txt").exists() and (spool / "partial.txt.part").exists()
+    assert sorted(r["source"]["file"] for r in work.lines("q")) == ["a.txt", "b.txt"]
+    assert {e["file"] for e in logs if e["event"] == "file_failed"} == {"empty.txt", "image.txt"}
+
+
+async def test_several_jobs_share_one_daemon(work: Workdir) -> None:
+    async with running_sim(SimConfig(port=0, latency_ms=5)) as sim:
+        jobs = simple_job("alpha") + simple_job("beta", input='"lines"', samples=2)
+        work.write_config(sim.base_url, jobs)
+        for i in range(20):
+            (work.spool("alpha") / f"c{i}.txt").write_text(f"alpha context {i}")
+        (work.spool("beta") / "topics.txt").write_text("\n".join(f"topic {i}" for i in range(15)))
+        daemon = await run_once(work)
+    assert len(work.lines("alpha")) == 20
+    beta = work.lines("beta")
+    assert len(beta) == 30  # 15 topics, 2 samples each
+    assert Counter(r["sample"] for r in beta) == {0: 15, 1: 15}
+    assert daemon.jobs["alpha"].dispatcher is daemon.jobs["beta"].dispatcher
+
+
+async def test_rejects_are_kept_with_their_reason(work: Workdir) -> None:
+    async with running_sim(SimConfig(port=0)) as sim:
+        job = simple_job("q", f_split='"lines"', f_keep_lines_matching="'\\?\\s*$'", f_min_items=5)
+        work.write_config(sim.base_url, job)
+        for i in range(40):
+            (work.spool("q") / f"c{i}.txt").write_text(f"question context {i}: the council vote")
+        await run_once(work)
+    records, rejects = work.lines("q"), work.lines("q", "rejects")
+    assert len(records) + len(rejects) == 40
+    assert rejects and {r["reason"] for r in rejects} == {"too_few_items"}
+    assert all(all(q.endswith("?") for q in r["items"]) for r in records)
+
+
+async def test_identical_completions_are_deduplicated(work: Workdir) -> None:
+    async with running_sim(SimConfig(port=0)) as sim:
+        job = simple_job("q", f_dedupe="true")
+        work.write_config(sim.base_url, job)
+        for i in range(5):  # the same context five times: the sim answers identically
+            (work.spool("q") / f"same{i}.txt").write_text("one and the same passage")
+        await run_once(work)
+    assert len(work.lines("q")) == 1
+    assert [r["reason"] for r in work.lines("q", "rejects")] == ["duplicate"] * 4
+
+
+def test_cli_once_exits_zero(work: Workdir) -> None:
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "synthd.sim", "--port", "0"], stdout=subprocess.PIPE
+    )
+    try:
+        assert sim.stdout is not None
+        url = orjson.loads(sim.stdout.readline())["url"]
+        work.write_config(url, simple_job("q"))
+        (work.spool("q") / "a.txt").write_text("a passage")
+        result = subprocess.run(
+            [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", "--once"],
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+        if sim.stdout is not None:
+            sim.stdout.close()
+    assert result.returncode == 0, result.stderr.decode()
+    events = [orjson.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert events[0] == "recovered" and events[-1] == "stopped"
+    assert len(work.lines("q")) == 1
+
+
+def test_cli_config_error_exit_code(work: Workdir) -> None:
+    work.write_config("http://127.0.0.1:9/v1", simple_job("q") + "bogus = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert b"config/synthd.toml: jobs.q.filters.bogus: unknown key" in result.stderr
