@@ -14,41 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
 
 import aiohttp
 import orjson
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from common import cpu_seconds, start_sim
 
 PROMPT = (
     "Write five questions about the following text.\n\nText: Photosynthesis lets green plants "
     "turn sunlight, water and carbon dioxide into sugar and oxygen. Chlorophyll in the leaves "
     "absorbs light, mostly red and blue, and the energy drives the reactions."
 )
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name (field 2) may contain spaces; it is the last ")"-terminated field.
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def start_sim(extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    cmd = [sys.executable, "-m", "synthd.sim", "--host", "127.0.0.1", "--port", "0", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(5)
-        raise SystemExit(f"simulator exited with {proc.returncode} before listening")
-    event = orjson.loads(line)
-    assert event["event"] == "sim_listening", event
-    return proc, str(event["url"])
 
 
 async def drive(url: str, body: bytes, seconds: float, concurrency: int) -> tuple[int, int, float]:

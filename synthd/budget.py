@@ -103,7 +103,7 @@ class RateHeaders:
             v = headers.get(name)
             try:
                 return None if v is None else int(float(v))
-            except ValueError:
+            except (ValueError, OverflowError):  # "inf", "nan", garbage
                 return None
 
         def dur(name: str) -> float | None:
@@ -184,6 +184,8 @@ class Budget:
                 chunk = min(amount, cap)
                 await self._tokens.acquire(chunk)
                 amount -= chunk
+            # A 429 may have arrived while we waited for a drip: honour it too.
+            await self._open.wait()
 
     def settle(self, reserved: int, actual: int) -> None:
         """Book the difference between a reservation and what the provider counted."""

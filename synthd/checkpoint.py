@@ -259,7 +259,7 @@ class Transaction:
                     o.line,
                     o.end,
                     o.state,
-                    len(o.lines.get("records", ())),
+                    o.records_written,
                     o.prompt_tokens,
                     o.completion_tokens,
                 )

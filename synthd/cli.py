@@ -61,6 +61,23 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--url", default="http://127.0.0.1:9464/healthz")
     health.add_argument("--timeout-s", type=float, default=3.0)
     health.set_defaults(func=_healthcheck)
+
+    status = sub.add_parser("status", help="per job: files, items, tokens, cost, live queue")
+    status.add_argument("--config", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--metrics-url", help="the daemon's /metrics (default: from [service] listen)"
+    )
+    status.set_defaults(func=_status)
+
+    dry = sub.add_parser(
+        "dry-run", help="show the first requests and estimate the backlog; sends nothing"
+    )
+    dry.add_argument("--config", type=Path, required=True)
+    dry.add_argument("--job", action="append", default=[], help="only this job (repeatable)")
+    dry.add_argument("-n", type=_count, default=5, help="requests to show per job (default 5)")
+    dry.add_argument("--json", action="store_true", help="machine-readable output")
+    dry.set_defaults(func=_dry_run)
     return p
 
 
@@ -106,3 +123,40 @@ def _healthcheck(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"synthd: unhealthy: {e}", file=sys.stderr)
         return 1
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from synthd import config, status
+
+    cfg = config.load(args.config)
+    result = status.collect(cfg, args.metrics_url)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(status.render(result))
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    import orjson
+
+    from synthd import config, dryrun
+
+    cfg = config.load(args.config)
+    result = dryrun.plan(cfg, args.job, args.n)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(dryrun.render(result))
+    return 0

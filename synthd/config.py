@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from synthd.errors import ConfigError
@@ -169,11 +170,12 @@ class Job:
     template: Template
     system: str | None
     fingerprint: str
+    schema: dict[str, Any] | None = None  # the parsed filters.json_schema
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Everything the daemon needs, resolved against the config's folder."""
+    """Everything the daemon needs. Relative paths are taken from the working directory."""
 
     source: Path
     providers: dict[str, ProviderConfig]
@@ -285,13 +287,19 @@ def _resolve_job(file: str, name: str, cfg: JobConfig, providers: dict[str, Prov
                 re.compile(pattern)
             except re.error as e:
                 raise ConfigError(file, f"{key}.filters.{field}", f"bad regex: {e}") from e
+    schema = None
     if cfg.filters.json_schema is not None:
-        _read_text(file, f"{key}.filters.json_schema", cfg.filters.json_schema)
+        schema_key = f"{key}.filters.json_schema"
+        try:
+            schema = orjson.loads(_read_text(file, schema_key, cfg.filters.json_schema))
+        except orjson.JSONDecodeError as e:
+            raise ConfigError(file, schema_key, f"not valid JSON: {e}") from e
     if cfg.filters.split == "turns" and len(cfg.filters.speakers) != 2:
         raise ConfigError(file, f"{key}.filters.speakers", "split = 'turns' needs two speakers")
     from synthd.fingerprint import job_fingerprint
 
-    return Job(name, cfg, template, system, job_fingerprint(cfg, template.text, system))
+    fingerprint = job_fingerprint(cfg, template.text, system)
+    return Job(name, cfg, template, system, fingerprint, schema)
 
 
 def _fillable(cfg: JobConfig) -> frozenset[str]:

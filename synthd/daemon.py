@@ -5,7 +5,7 @@ in the spool and returns when the last outcome is durable (like arq's burst).
 Start-up order: open the checkpoint, let the writer recover shard tails, start
 senders, writer and HTTP endpoint, resume claimed files, then watch for new
 ones. Memory stays flat because each provider admits at most a fixed number of
-items (``2 * max_in_flight``) between reading them and committing them.
+items (``max_in_flight`` + 256) between reading them and committing them.
 
 Signals only set flags (``_on_signal``); ``run`` does the draining: stop
 claiming, let admitted items finish within ``grace_s``, commit, exit. A second
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import time
@@ -42,6 +44,11 @@ from synthd.writer import SourceEnd, Writer
 log = structlog.get_logger("synthd.daemon")
 
 STATE_FILE = "synthd.db"
+_TRIM_EVERY_S = 1.0
+_M_MMAP_THRESHOLD = -3
+# Items admitted beyond max_in_flight: enough that a sender finishing a request
+# finds the next one rendered and waiting, few enough to keep memory flat.
+_ADMIT_AHEAD = 256
 
 
 class Daemon:
@@ -83,7 +90,10 @@ class Daemon:
         writer_task.add_done_callback(self._writer_ended)
         service = await self._start_service()
         feeders = [asyncio.create_task(self._feed(name), name=f"feed-{name}") for name in self.jobs]
-        tickers = [asyncio.create_task(self._progress(), name="progress")]
+        tickers = [
+            asyncio.create_task(self._progress(), name="progress"),
+            asyncio.create_task(self._trim_memory(), name="trim"),
+        ]
         if (interval := notify.watchdog_interval_s()) is not None:
             tickers.append(asyncio.create_task(self._watchdog(interval / 2), name="watchdog"))
         self.ready.set()
@@ -182,7 +192,7 @@ class Daemon:
             d = Dispatcher(name, cfg, client, self.writer, self.provider_stats[name])
             await d.start()
             self.dispatchers[name] = d
-            self._slots[name] = asyncio.Semaphore(2 * cfg.max_in_flight)
+            self._slots[name] = asyncio.Semaphore(cfg.max_in_flight + _ADMIT_AHEAD)
         for name, job in self.config.jobs.items():
             self.jobs[name] = JobRuntime(job, _filters(job), self.dispatchers[job.config.provider])
 
@@ -388,6 +398,9 @@ class Daemon:
             rt = self.jobs.get(o.source.job)
             if rt is not None:
                 rt.stats.items_done += 1
+                rt.stats.records += o.records_written
+                if o.duplicates:
+                    rt.stats.reject("duplicate", o.duplicates)
                 self._slots[rt.job.config.provider].release()
         self._outstanding -= len(outcomes)
         self._check_quiet()
@@ -405,6 +418,27 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.service.progress_interval_s)
             self._log_progress()
+
+    async def _trim_memory(self) -> None:
+        """Give freed heap pages back to the OS every few seconds.
+
+        Contexts, prompts and records are strings of a few KB to tens of KB, so
+        they live in malloc's heap, not Python's small-object arenas. Freed out
+        of order they fragment it, and glibc only returns the top of the heap:
+        RSS then creeps up with the length of the run though live memory is
+        flat. ``malloc_trim`` releases every free page, wherever it is.
+        """
+        libc = _glibc()
+        if libc is None:
+            return
+        # A fixed mmap threshold: glibc would otherwise raise it after the first
+        # large free, and the writer's MB-sized batch buffers would then come
+        # from (and fragment) the heap instead of being unmapped when freed.
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        trim = libc.malloc_trim
+        while True:
+            await asyncio.sleep(_TRIM_EVERY_S)
+            trim(0)
 
     def _log_progress(self, final: bool = False) -> None:
         now = time.monotonic()
@@ -441,13 +475,19 @@ class Daemon:
             await asyncio.sleep(every_s)
 
 
-def _filters(job: Job) -> FilterChain:
-    schema = None
-    if job.config.filters.json_schema is not None:
-        import orjson
+def _glibc() -> Any:
+    """glibc, when it is the C library and has ``malloc_trim``; else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - musl and others lack it
+        libc.mallopt  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
 
-        schema = orjson.loads(Path(job.config.filters.json_schema).read_bytes())
-    return FilterChain(job.config.filters, schema)
+
+def _filters(job: Job) -> FilterChain:
+    return FilterChain(job.config.filters, job.schema)
 
 
 def _refuse(job_dir: Path, name: str, reason: str, detail: str) -> None:

@@ -27,9 +27,15 @@ import orjson
 from synthd.config import FiltersConfig
 from synthd.models import Accepted, Rejection
 
-_NUMBERING = re.compile(r"^\s*(?:\d{1,3}[.):]|[-*•]|\(?[a-zA-Z]\)|Q\d{1,3}[.:])\s*")
+# List markers followed by white space: "1. ", "2) ", "- ", "(a) ", "Q3: ". The
+# space is required, so "3.5 million" or "-5 degrees" keep their numbers.
+_NUMBERING = re.compile(r"^\s*(?:\d{1,3}[.):]|[-*•]|\(?[a-zA-Z]\)|Q\d{1,3}[.:])\s+")
 _LABEL = re.compile(r"^\s*([A-Za-z][A-Za-z0-9 _'-]{0,40}):\s?(.*)$")
 _BLANK_LINE = re.compile(r"\n\s*\n")
+# A label that reads like a name ("Maya:", "SYSTEM:", "Dr Lee:") starts a turn;
+# "PS:" or "Note:" inside a turn do not.
+_SPEAKERLIKE = re.compile(r"^[A-Z][A-Za-z'-]{1,23}(?: [A-Z][A-Za-z'-]{1,23})?$")
+_NOT_SPEAKERS = frozenset({"ps", "note", "tip", "example", "step", "summary", "warning", "edit"})
 
 
 class FilterChain:
@@ -94,7 +100,7 @@ class FilterChain:
             label = m.group(1).strip() if m else ""
             if m and label.casefold() in self._speakers:
                 turns.append((self._speakers[label.casefold()], m.group(2).strip()))
-            elif m and label.isupper():
+            elif m and _SPEAKERLIKE.match(label) and label.casefold() not in _NOT_SPEAKERS:
                 return Rejection("unknown_speaker", label)
             elif turns:
                 speaker, said = turns[-1]

@@ -75,7 +75,7 @@ class Reader:
         if len(raw) > self.max_line_bytes:
             raise InputError("too_large", f"more than {self.max_line_bytes} bytes in one context")
         sniff(raw)
-        text = self._decode(raw).strip().lstrip("\ufeff")
+        text = self._decode(raw).lstrip("\ufeff").strip()
         if not text:
             raise InputError("empty", "the file is empty or holds only white space")
         yield WorkItem(src, 0, 1, len(raw), {"context": text, "source": src.name, "line": "1"})
@@ -107,9 +107,10 @@ class Reader:
                 continue
             if start == 0 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            if not raw.strip():
-                continue
-            yield self._item(seq, line, offset, raw)
+            item = self._item(seq, line, offset, raw)
+            if item is None:
+                continue  # a blank line, in any script's white space
+            yield item
             seq += 1
 
     def _skip_rest_of_line(self) -> int:
@@ -120,9 +121,11 @@ class Reader:
             if not chunk or chunk.endswith(b"\n"):
                 return skipped
 
-    def _item(self, seq: int, line: int, end: int, raw: bytes) -> WorkItem | BadLine:
+    def _item(self, seq: int, line: int, end: int, raw: bytes) -> WorkItem | BadLine | None:
         src = self.src
         text = self._decode(raw).strip()
+        if not text:
+            return None
         base = {"source": src.name, "line": str(line)}
         if self.kind == "lines":
             return WorkItem(src, seq, line, end, {"context": text, "topic": text, **base})

@@ -48,8 +48,8 @@ class JobStats:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum_s += seconds
 
-    def reject(self, reason: str) -> None:
-        self.rejects[reason] = self.rejects.get(reason, 0) + 1
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejects[reason] = self.rejects.get(reason, 0) + count
 
 
 @dataclass(slots=True)

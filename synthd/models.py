@@ -99,3 +99,5 @@ class Outcome:
     digests: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    records_written: int = 0  # set by the writer, after de-duplication
+    duplicates: int = 0

@@ -186,7 +186,6 @@ class Dispatcher:
         for r in results:
             if isinstance(r, Rejection):
                 stats.reject(r.reason)
-        stats.records += len(outcome.lines.get("records", ()))
         self.writer.submit(outcome)
 
     def _account(self, a: Attempt, prompt: int, completion: int, reported: bool) -> None:

@@ -10,7 +10,8 @@ def backoff_s(attempt: int, base_s: float, cap_s: float, u: float) -> float:
     in [0, 1). Full jitter spreads a crowd of failed requests over the whole
     window, so they do not come back together.
     """
-    return u * min(cap_s, base_s * 2.0 ** max(0, attempt - 1))
+    exponent = min(max(0, attempt - 1), 60)  # beyond 2**60 every delay is the cap anyway
+    return u * min(cap_s, base_s * 2.0**exponent)
 
 
 def retry_delay_s(

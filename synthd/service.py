@@ -32,8 +32,10 @@ async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
         StatsCollector({n: rt.stats for n, rt in daemon.jobs.items()}, daemon.provider_stats)
     )
 
+    used = {rt.job.config.provider for rt in daemon.jobs.values()}
+
     def ready() -> bool:
-        return all(p.answered for p in daemon.provider_stats.values())
+        return all(daemon.provider_stats[name].answered for name in used)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response(

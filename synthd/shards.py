@@ -114,11 +114,16 @@ class ShardStream:
         self.records += count
         self._dirty = True
 
-    def truncate_to(self, offset: int) -> None:
-        """Undo appends past ``offset`` (a batch whose commit failed)."""
+    def mark(self) -> tuple[int, int]:
+        """Where the stream is now, for ``truncate_to``."""
+        return self.offset, self.records
+
+    def truncate_to(self, mark: tuple[int, int]) -> None:
+        """Undo appends made since ``mark`` (a batch whose commit failed)."""
+        offset, records = mark
         if self._fd is not None and offset < self.offset:
             os.ftruncate(self._fd, offset)
-            self.offset = offset
+        self.offset, self.records = offset, records
 
     def sync(self) -> None:
         if self._fd is not None and self._dirty:

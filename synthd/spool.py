@@ -25,6 +25,8 @@ from pathlib import Path
 
 import orjson
 
+from synthd.errors import InputError
+
 WORK = ".work"
 DONE = "done"
 FAILED = "failed"
@@ -131,11 +133,19 @@ def transcode_if_bom(path: Path) -> str | None:
     if codec is None:
         return None
     tmp = path.with_name(path.name + ".utf8.part")
-    with open(path, encoding=codec, newline="") as src, open(tmp, "w", encoding="utf-8") as dst:
-        while chunk := src.read(1 << 16):
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
+    try:
+        with (
+            open(path, encoding=codec, newline="") as src,
+            open(tmp, "w", encoding="utf-8") as dst,
+        ):
+            while chunk := src.read(1 << 16):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+    except UnicodeError as e:
+        tmp.unlink(missing_ok=True)
+        detail = f"starts with a {codec} BOM but is not valid {codec}: {e}"
+        raise InputError("bad_encoding", detail) from e
     os.replace(tmp, path)
     return codec
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ from synthd.shards import ShardStream, Tail
 log = structlog.get_logger("synthd.writer")
 
 STREAMS = ("records", "rejects", "dead")
+# Errors that mean "the disk cannot take this now", not "the program is wrong".
+_BLOCKING_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO})
 _RETRY_BLOCKED_S = 2.0
 
 
@@ -58,14 +61,17 @@ class Progress:
 
     def mark(self, seq: int, line: int, end: int) -> bool:
         """Record one done item; True if the resume point moved."""
-        if seq != self.seq:
-            self.done[seq] = (line, end)
-            return False
-        self.seq, self.line, self.offset = seq + 1, line, end
+        self.done[seq] = (line, end)
+        return self.advance()
+
+    def advance(self) -> bool:
+        """Move the resume point over every done item right after it."""
+        moved = False
         while self.seq in self.done:
             self.line, self.offset = self.done.pop(self.seq)
             self.seq += 1
-        return True
+            moved = True
+        return moved
 
     @property
     def complete(self) -> bool:
@@ -174,6 +180,7 @@ class Writer:
         """
         p = Progress(source, source.resume_seq, source.resume_line, source.resume_offset)
         p.done.update(done_after)
+        p.advance()  # items adopted by recovery may sit right at the resume point
         self.progress[source.id] = p
         return p
 
@@ -236,24 +243,27 @@ class Writer:
     def _commit(self, batch: list[Outcome | SourceEnd]) -> list[tuple[Source, str]]:
         outcomes = [o for o in batch if isinstance(o, Outcome)]
         ends = [e for e in batch if isinstance(e, SourceEnd)]
-        touched: dict[ShardStream, int] = {}
+        touched: dict[ShardStream, tuple[int, int]] = {}
         try:
             with self.cp.transaction() as tx:
                 data = self._encode(tx, outcomes)
                 for (job, kind), (chunk, count) in data.items():
                     stream = self.streams[job][kind]
-                    touched.setdefault(stream, stream.offset)
+                    touched.setdefault(stream, stream.mark())
                     stream.append(chunk, count)
                 for stream in touched:
                     stream.sync()
                 tx.record(outcomes)
                 tx.resume_points(self._advance(outcomes, ends))
                 tx.offsets({s.part_path: s.offset for s in touched if s.part_path})
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
             for stream, before in touched.items():
                 stream.truncate_to(before)
-            if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
-                raise OutputBlocked(str(e.filename or self.config.paths.out), str(e)) from e
+            if isinstance(e, sqlite3.OperationalError) or (
+                isinstance(e, OSError) and e.errno in _BLOCKING_ERRNOS
+            ):
+                where = getattr(e, "filename", None) or self.config.paths.out
+                raise OutputBlocked(str(where), str(e)) from e
             raise
         self.records_written += sum(c for (_, k), (_, c) in data.items() if k == "records")
         for stream in touched:
@@ -269,6 +279,8 @@ class Writer:
             job = o.source.job
             records = o.lines.get("records", [])
             fresh = tx.dedupe(job, o.digests) if o.digests else [True] * len(records)
+            o.records_written = sum(fresh)
+            o.duplicates = len(records) - o.records_written
             for rec, new in zip(records, fresh, strict=True):
                 if new:
                     chunks.setdefault((job, "records"), []).append(encode(rec))
@@ -338,13 +350,15 @@ def _outcome_from_lines(
     if state == "rejected" and first.get("stage") == "input":
         state = "bad_input"
     usage = first.get("usage") or {}
+    records = [obj for k, obj, _ in lines if k == "records"]
     return Outcome(
         source=src,
         seq=seq,
         line=int(first["source"].get("line", 0)),
         end=int(first["source"].get("end", 0)),
         state=state,
-        digests=[digest(obj["completion"]) for k, obj, _ in lines if k == "records"],
+        digests=[digest(obj["completion"]) for obj in records],
         prompt_tokens=int(usage.get("prompt_tokens", 0)),
         completion_tokens=int(usage.get("completion_tokens", 0)),
+        records_written=len(records),
     )

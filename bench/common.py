@@ -1,0 +1,174 @@
+"""What the benchmarks share: a simulator subprocess, a daemon run, process figures.
+
+Benchmarks run the simulator and the daemon as separate processes on this
+machine, so each gets its own core and its own CPU accounting (read from the
+kernel: /proc/<pid>/stat for a running process, ``wait4`` rusage at exit).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name (field 2) may contain spaces; it is the last ")"-terminated field.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE / 1e6
+
+
+def start_sim(extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m synthd.sim`` on a free port; returns the process and its /v1 URL."""
+    cmd = [sys.executable, "-m", "synthd.sim", "--host", "127.0.0.1", "--port", "0", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(5)
+        raise SystemExit(f"simulator exited with {proc.returncode} before listening")
+    event = orjson.loads(line)
+    assert event["event"] == "sim_listening", event
+    return proc, str(event["url"])
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def sim_stats(base_url: str) -> dict[str, Any]:
+    root = base_url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/stats", timeout=10) as resp:
+        return orjson.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def sim_reset(base_url: str) -> None:
+    root = base_url.removesuffix("/v1")
+    req = urllib.request.Request(f"{root}/stats/reset", method="POST")
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def contexts(path: Path | None, count: int) -> Iterator[str]:
+    """``count`` context texts: from the shared data set when given, else synthetic."""
+    if path is None:
+        for i in range(count):
+            yield f"Context {i}: a short passage about item {i * 7919 % 10007} and its owner."
+        return
+    made = 0
+    while made < count:
+        with gzip.open(path, "rb") as f:
+            for line in f:
+                yield orjson.loads(line)["text"]
+                made += 1
+                if made == count:
+                    return
+
+
+@dataclass
+class DaemonRun:
+    wall_s: float
+    cpu_s: float
+    max_rss_mb: float
+    returncode: int
+    log: list[dict[str, Any]]
+
+    def event(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.log if e.get("event") == name)
+
+
+class Workdir:
+    """A throw-away deployment folder for one daemon run."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="synthd-bench-"))
+        shutil.copytree(ROOT / "prompts", self.path / "prompts")
+        (self.path / "config").mkdir()
+
+    def config(
+        self, base_url: str, provider: dict[str, Any], job: str = "", **service: Any
+    ) -> None:
+        lines = ["[provider]", f'base_url = "{base_url}"']
+        lines += [f"{k} = {_toml(v)}" for k, v in provider.items()]
+        lines += ["[service]", 'listen = ""', "settle_s = 0", "scan_interval_s = 0.1"]
+        lines += [f"{k} = {_toml(v)}" for k, v in service.items()]
+        lines += [
+            "[jobs.bench]",
+            'prompt = "prompts/questions.txt"',
+            'model = "gpt-4o-mini"',
+            "max_tokens = 120",
+            job,
+            "[jobs.bench.filters]",
+            "dedupe = false",
+        ]
+        (self.path / "config" / "synthd.toml").write_text("\n".join(lines) + "\n")
+
+    def spool_jsonl(self, texts: Iterator[str], name: str = "input.jsonl") -> int:
+        folder = self.path / "spool" / "bench"
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 0
+        with open(folder / name, "wb") as f:
+            for i, text in enumerate(texts):
+                f.write(orjson.dumps({"text": text, "i": i}) + b"\n")
+                n += 1
+        return n
+
+    def run(self, *extra: str, until_event: str | None = None) -> DaemonRun:
+        """Run the daemon (``--once`` unless ``extra`` says otherwise) and measure it."""
+        cmd = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", *extra]
+        log_path = self.path / "daemon.log"
+        with open(log_path, "wb") as log:
+            started = time.monotonic()
+            proc = subprocess.Popen(cmd, cwd=self.path, stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        events = [
+            orjson.loads(raw) for raw in log_path.read_bytes().splitlines() if raw[:1] == b"{"
+        ]
+        return DaemonRun(
+            wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, events
+        )
+
+    def count_lines(self, stream: str = "") -> int:
+        folder = self.path / "out" / "bench" / stream
+        return sum(p.read_bytes().count(b"\n") for p in folder.glob("*.jsonl*"))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return str(v)
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(orjson.dumps(obj).decode(), flush=True)

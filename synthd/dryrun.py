@@ -1,0 +1,391 @@
+"""``synthd dry-run``: the requests a job would send, and what its backlog would cost.
+
+The first ``n`` request bodies of each job are built by ``synthd.pipeline.prepare``,
+the function the daemon itself calls, so a body shown here is the body that would
+be POSTed, truncation and all. Then the job's whole backlog is read the way the
+daemon would read it: claimed files first (from their resume points in the
+checkpoint, skipping items already done), then unclaimed files oldest first,
+streamed by ``synthd.items.Reader`` so memory does not grow with the spool.
+
+The figures are estimates: prompt tokens at ``Calibration``'s default characters
+per token (the daemon learns the real ratio from ``usage`` as it runs);
+completion tokens as ``max_tokens`` × samples for every request, an upper bound
+the model rarely reaches; time at the provider's rpm and tpm as the budget
+reserves them, without retries or the ramp after a 429.
+
+Nothing is sent, moved or written: spool files are opened for reading, the
+checkpoint (if any) read-only, and a UTF-16/32 file, which the daemon transcodes
+in place when it claims it, is transcoded into a temporary copy instead.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+
+from synthd import items as items_mod
+from synthd import spool
+from synthd.budget import Budget, Calibration
+from synthd.checkpoint import Checkpoint
+from synthd.config import Config, Job, Price
+from synthd.daemon import STATE_FILE
+from synthd.errors import ConfigError, InputError
+from synthd.filters import FilterChain
+from synthd.models import BadLine, Source, WorkItem
+from synthd.pipeline import Attempt, Dispatcher, JobRuntime, prepare
+
+ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
+# Files that start like this are transcoded by spool.transcode_if_bom at claim time.
+_BOM_STARTS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One request as it would be sent."""
+
+    file: str
+    line: int
+    url: str
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Backlog:
+    """What is left to do for one job."""
+
+    files_pending: int = 0  # in spool/<job>/, not claimed yet
+    files_claimed: int = 0  # in .work/, with work left
+    requests: int = 0  # items that would be sent (one request each, n = samples)
+    bad_lines: int = 0  # lines the reader refuses: invalid JSON, no text field, too long
+    unsendable: int = 0  # items prepare refuses: missing placeholder, prompt too long ...
+    prompt_tokens: int = 0  # estimated
+    completion_tokens_max: int = 0  # max_tokens × samples per request: an upper bound
+    reserved_tokens: int = 0  # what the budget reserves: prompt + max_tokens × samples
+    failing_files: dict[str, str] = field(default_factory=dict)  # name -> reason
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    input_usd: float
+    output_usd_max: float
+
+    @property
+    def total_usd_max(self) -> float:
+        return round(self.input_usd + self.output_usd_max, 6)
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    job: str
+    provider: str
+    model: str
+    api: str
+    max_tokens: int
+    samples_per_request: int
+    samples: list[Sample]
+    backlog: Backlog
+    cost: Cost | None  # None: no [prices."<model>"]
+    minutes: float  # at the provider's budget, as if the job had it to itself
+    bound: str  # "requests" or "tokens": which limit sets the time
+
+    def to_json(self) -> dict[str, Any]:
+        b = self.backlog
+        return {
+            "job": self.job,
+            "provider": self.provider,
+            "model": self.model,
+            "api": self.api,
+            "requests_shown": [
+                {"file": s.file, "line": s.line, "url": s.url, "body": s.body} for s in self.samples
+            ],
+            "backlog": {
+                "files_pending": b.files_pending,
+                "files_claimed": b.files_claimed,
+                "requests": b.requests,
+                "bad_lines": b.bad_lines,
+                "unsendable": b.unsendable,
+                "failing_files": b.failing_files,
+                "prompt_tokens": b.prompt_tokens,
+                "completion_tokens_max": b.completion_tokens_max,
+                "reserved_tokens": b.reserved_tokens,
+            },
+            "cost_usd": None
+            if self.cost is None
+            else {
+                "input": self.cost.input_usd,
+                "output_max": self.cost.output_usd_max,
+                "total_max": self.cost.total_usd_max,
+            },
+            "minutes": self.minutes,
+            "bound_by": self.bound,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderPlan:
+    """Jobs on one provider share its budget: their time adds up here."""
+
+    name: str
+    rpm: int
+    tpm: int
+    requests: int
+    reserved_tokens: int
+    minutes: float
+    bound: str
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    chars_per_token: float
+    jobs: list[JobPlan]
+    providers: list[ProviderPlan]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chars_per_token": self.chars_per_token,
+            "completion_tokens": "upper bound: max_tokens x samples for every request",
+            "jobs": [j.to_json() for j in self.jobs],
+            "providers": [
+                {
+                    "provider": p.name,
+                    "rpm": p.rpm,
+                    "tpm": p.tpm,
+                    "requests": p.requests,
+                    "reserved_tokens": p.reserved_tokens,
+                    "minutes": p.minutes,
+                    "bound_by": p.bound,
+                }
+                for p in self.providers
+            ],
+        }
+
+
+def plan(cfg: Config, jobs: Sequence[str] = (), n: int = 5) -> DryRun:
+    """Show ``n`` requests and estimate the backlog of ``jobs`` (default: every job).
+
+    Blocks on file reads proportional to the backlog. Raises ``ConfigError`` for
+    an unknown job name.
+    """
+    names = list(jobs) or list(cfg.jobs)
+    for name in names:
+        if name not in cfg.jobs:
+            known = ", ".join(cfg.jobs)
+            raise ConfigError(str(cfg.source), "jobs", f"no job named {name!r} (jobs: {known})")
+    # One budget per provider, as the daemon has; prepare reads its estimate and tpm.
+    budgets = {name: Budget(name, p) for name, p in cfg.providers.items()}
+    state = cfg.paths.state / STATE_FILE
+    cp = Checkpoint(state, readonly=True) if state.exists() else None
+    try:
+        plans = [_plan_job(cfg, cfg.jobs[name], budgets, cp, n) for name in names]
+    finally:
+        if cp is not None:
+            cp.close()
+    providers = []
+    for pname in dict.fromkeys(p.provider for p in plans):  # in the order of the jobs
+        pcfg = cfg.providers[pname]
+        mine = [p for p in plans if p.provider == pname]
+        requests = sum(p.backlog.requests for p in mine)
+        tokens = sum(p.backlog.reserved_tokens for p in mine)
+        minutes, bound = estimate_minutes(requests, tokens, pcfg.rpm, pcfg.tpm)
+        providers.append(ProviderPlan(pname, pcfg.rpm, pcfg.tpm, requests, tokens, minutes, bound))
+    return DryRun(Calibration().chars_per_token, plans, providers)
+
+
+def estimate_minutes(requests: int, tokens: int, rpm: int, tpm: int) -> tuple[float, str]:
+    """Minutes at a budget: whichever of the two limits takes longer."""
+    by_requests, by_tokens = requests / rpm, tokens / tpm
+    if by_tokens > by_requests:
+        return round(by_tokens, 4), "tokens"
+    return round(by_requests, 4), "requests"
+
+
+def estimate_cost(price: Price | None, prompt_tokens: int, completion_tokens: int) -> Cost | None:
+    if price is None:
+        return None
+    return Cost(
+        round(prompt_tokens * price.input_per_mtok / 1e6, 6),
+        round(completion_tokens * price.output_per_mtok / 1e6, 6),
+    )
+
+
+class _Offline:
+    """The one thing ``prepare`` reads from a dispatcher: its provider's budget.
+
+    Nothing here sends or waits; the budget only lends its token estimate and tpm.
+    """
+
+    __slots__ = ("budget",)
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+
+
+def _plan_job(
+    cfg: Config, job: Job, budgets: dict[str, Budget], cp: Checkpoint | None, n: int
+) -> JobPlan:
+    jc = job.config
+    budget = budgets[jc.provider]
+    rt = JobRuntime(job, FilterChain(jc.filters), cast(Dispatcher, _Offline(budget)))
+    url = cfg.providers[jc.provider].base_url + ENDPOINTS[jc.api]
+    backlog = Backlog()
+    samples: list[Sample] = []
+    for src, path, done in _sources(cfg, job, cp, backlog):
+        try:
+            total = 0
+            for thing in _read(cfg, job, src, path):
+                total = thing.seq + 1
+                if thing.seq in done:
+                    continue
+                if isinstance(thing, BadLine):
+                    backlog.bad_lines += 1
+                    continue
+                prepared = prepare(rt, thing)
+                if not isinstance(prepared, Attempt):
+                    backlog.unsendable += 1
+                    continue
+                backlog.requests += 1
+                backlog.prompt_tokens += budget.calibration.estimate(prepared.prompt_chars)
+                backlog.completion_tokens_max += jc.max_tokens * jc.samples
+                backlog.reserved_tokens += prepared.reserved
+                if len(samples) < n:
+                    body = orjson.loads(prepared.body)
+                    samples.append(Sample(src.name, thing.line, url, body))
+            if total == 0 and src.resume_seq == 0:
+                backlog.failing_files[src.name] = "empty"
+        except InputError as e:
+            backlog.failing_files[src.name] = e.reason
+        except OSError:
+            backlog.failing_files[src.name] = "unreadable"
+    provider = cfg.providers[jc.provider]
+    minutes, bound = estimate_minutes(
+        backlog.requests, backlog.reserved_tokens, provider.rpm, provider.tpm
+    )
+    return JobPlan(
+        job=job.name,
+        provider=jc.provider,
+        model=jc.model,
+        api=jc.api,
+        max_tokens=jc.max_tokens,
+        samples_per_request=jc.samples,
+        samples=samples,
+        backlog=backlog,
+        cost=estimate_cost(
+            cfg.prices.get(jc.model), backlog.prompt_tokens, backlog.completion_tokens_max
+        ),
+        minutes=minutes,
+        bound=bound,
+    )
+
+
+def _sources(
+    cfg: Config, job: Job, cp: Checkpoint | None, backlog: Backlog
+) -> Iterator[tuple[Source, Path, set[int]]]:
+    """The job's files in the daemon's order: claimed ones, then the spool's, oldest first.
+
+    Each comes with the seqs already done past its resume point (claimed files only).
+    """
+    job_dir = cfg.paths.spool / job.name
+    if cp is not None:
+        for src in cp.active_sources(job.name):
+            path = Path(src.path)
+            if not path.exists() and src.resume_seq == 0:
+                continue  # a claim whose rename never happened: the daemon forgets it
+            backlog.files_claimed += 1
+            yield src, path, set(cp.done_after(src.id, src.resume_seq))
+    try:
+        entries = spool.scan(job_dir)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        backlog.files_pending += 1
+        if entry.refused is not None:
+            backlog.failing_files[entry.name] = "not_a_file"
+            continue
+        src = Source(0, job.name, "dry-run", entry.name, str(job_dir / entry.name), job.fingerprint)
+        yield src, job_dir / entry.name, set()
+
+
+def _read(cfg: Config, job: Job, src: Source, path: Path) -> Iterator[WorkItem | BadLine]:
+    """The items of one file from its resume point, as the daemon's reader yields them."""
+    with contextlib.ExitStack() as stack:
+        if src.resume_offset == 0 and src.resume_seq == 0:
+            path = _utf8_view(path, stack)
+        f = stack.enter_context(open(path, "rb"))
+        f.seek(src.resume_offset)
+        kind = items_mod.kind_of(src.name, job.config.input)
+        reader = items_mod.Reader(src, f, kind, job.config.text_field, cfg.service.max_line_bytes)
+        yield from reader
+
+
+def _utf8_view(path: Path, stack: contextlib.ExitStack) -> Path:
+    """``path``, or a UTF-8 copy of it if the daemon would transcode it at claim time."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_BOM_STARTS):
+        return path
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="synthd-dry-run-")))
+    copy = tmp / path.name
+    shutil.copyfile(path, copy)
+    spool.transcode_if_bom(copy)
+    return copy
+
+
+# -- the human report ------------------------------------------------------------------
+
+
+def render(result: DryRun) -> str:
+    out: list[str] = []
+    for j in result.jobs:
+        b = j.backlog
+        out.append(
+            f"== job {j.job}: model {j.model}, provider {j.provider}, api {j.api}, "
+            f"max_tokens {j.max_tokens}, samples {j.samples_per_request}"
+        )
+        for i, s in enumerate(j.samples, 1):
+            out.append(f"-- request {i}: {s.file} line {s.line} -> POST {s.url}")
+            out.append(orjson.dumps(s.body, option=orjson.OPT_INDENT_2).decode())
+        if b.requests == 0:
+            out.append("-- no request to show: nothing sendable in the backlog")
+        out.append(
+            f"backlog: {b.files_pending:,} files pending, {b.files_claimed:,} claimed; "
+            f"{b.requests:,} requests, {b.bad_lines:,} bad lines, {b.unsendable:,} unsendable"
+        )
+        for name, reason in sorted(b.failing_files.items()):
+            out.append(f"  would fail: {name} ({reason})")
+        out.append(
+            f"tokens: prompt ~{b.prompt_tokens:,} (at {result.chars_per_token:g} chars/token), "
+            f"completion <= {b.completion_tokens_max:,} "
+            f"(max_tokens x samples per request: an upper bound)"
+        )
+        if j.cost is None:
+            out.append(f'cost: unknown, no [prices."{j.model}"] in the config')
+        else:
+            out.append(
+                f"cost: <= ${j.cost.total_usd_max:,.4f} "
+                f"(input ~${j.cost.input_usd:,.4f} + output <= ${j.cost.output_usd_max:,.4f})"
+            )
+        out.append(f"time: ~{_duration(j.minutes)} at the provider's budget ({j.bound}-bound)")
+        out.append("")
+    for p in result.providers:
+        out.append(
+            f"provider {p.name}: {p.requests:,} requests, {p.reserved_tokens:,} tokens reserved"
+            f" -> ~{_duration(p.minutes)} at rpm {p.rpm:,} / tpm {p.tpm:,} ({p.bound}-bound;"
+            " retries and 429 pauses not included)"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 1:
+        return f"{minutes * 60:.1f} s"
+    if minutes < 120:
+        return f"{minutes:,.1f} min"
+    return f"{minutes / 60:,.1f} h"

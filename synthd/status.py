@@ -1,0 +1,295 @@
+"""``synthd status``: where each job stands, read without disturbing the daemon.
+
+Three sources, none of them written to:
+
+* the spool folder: files dropped but not yet claimed;
+* the checkpoint, opened read-only (SQLite WAL readers do not block the daemon's
+  writer): files active, done and failed, items done by state, records, tokens;
+* the daemon's ``/metrics``, if it answers within a short timeout: requests in
+  flight and items queued, which only the live process knows. They are per
+  provider (the senders and their queue are shared by the provider's jobs);
+  without a daemon they are ``None`` and shown as ``-``.
+
+A state file that does not exist yet reads as zeros and is not created. Cost is
+tokens used times the config's ``[prices."<model>"]``; ``None`` when the model
+has no price.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sqlite3
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from synthd import spool
+from synthd.checkpoint import Checkpoint, JobCounts
+from synthd.config import Config, Price
+from synthd.daemon import STATE_FILE
+from synthd.errors import SynthdError
+from synthd.service import parse_listen
+
+ITEM_STATES = ("record", "rejected", "dead", "bad_input")
+METRICS_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What the running daemon reports for one provider."""
+
+    in_flight: int
+    queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    job: str
+    model: str | None  # None for a job found in the checkpoint but not in the config
+    provider: str | None
+    files_pending: int
+    files_active: int
+    files_done: int
+    files_failed: int
+    items: dict[str, int]  # every state in ITEM_STATES, zero included
+    records: int
+    in_flight: int | None  # None: the daemon did not answer
+    queued: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None  # None: no price for the model
+
+    @property
+    def items_done(self) -> int:
+        return sum(self.items.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "model": self.model,
+            "provider": self.provider,
+            "files": {
+                "pending": self.files_pending,
+                "active": self.files_active,
+                "done": self.files_done,
+                "failed": self.files_failed,
+            },
+            "items": {**self.items, "done": self.items_done},
+            "records": self.records,
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "cost_usd": self.cost_usd,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    config: str
+    state: str
+    metrics_url: str | None
+    daemon_running: bool
+    jobs: list[JobStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "state": self.state,
+            "metrics_url": self.metrics_url,
+            "daemon_running": self.daemon_running,
+            "jobs": [j.to_json() for j in self.jobs],
+        }
+
+
+def collect(
+    cfg: Config, metrics_url: str | None = None, timeout_s: float = METRICS_TIMEOUT_S
+) -> Status:
+    """Gather every job's status. Blocks for at most ``timeout_s`` on the daemon.
+
+    ``metrics_url`` defaults to ``/metrics`` at ``[service] listen`` (none when
+    the endpoint is off). Raises ``SynthdError`` if the state file exists but
+    cannot be read.
+    """
+    state = cfg.paths.state / STATE_FILE
+    counts = {c.job: c for c in read_counts(state)}
+    url = metrics_url if metrics_url is not None else default_metrics_url(cfg.service.listen)
+    live = read_live(url, timeout_s) if url else None
+    names = list(cfg.jobs) + sorted(set(counts) - set(cfg.jobs))
+    jobs = []
+    for name in names:
+        job = cfg.jobs.get(name)
+        c = counts.get(name) or JobCounts(name, 0, 0, 0, {}, 0, 0, 0)
+        model = job.config.model if job is not None else None
+        provider = job.config.provider if job is not None else None
+        p = live.get(provider) if live is not None and provider is not None else None
+        jobs.append(
+            JobStatus(
+                job=name,
+                model=model,
+                provider=provider,
+                files_pending=pending_files(cfg.paths.spool / name),
+                files_active=c.files_active,
+                files_done=c.files_done,
+                files_failed=c.files_failed,
+                items={s: c.items.get(s, 0) for s in ITEM_STATES},
+                records=c.records,
+                in_flight=p.in_flight if p is not None else None,
+                queued=p.queued if p is not None else None,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                cost_usd=cost_usd(
+                    cfg.prices.get(model or ""), c.prompt_tokens, c.completion_tokens
+                ),
+            )
+        )
+    return Status(str(cfg.source), str(state), url, live is not None, jobs)
+
+
+def read_counts(state: Path) -> list[JobCounts]:
+    """The checkpoint's per-job counts; empty if the state file does not exist yet."""
+    if not state.exists():
+        return []
+    try:
+        cp = Checkpoint(state, readonly=True)
+        try:
+            return cp.counts()
+        finally:
+            cp.close()
+    except sqlite3.Error as e:
+        # A read-only reader of a WAL database needs its -shm file: when the daemon is
+        # stopped that file is gone, and creating it needs write access to the folder.
+        raise SynthdError(
+            f"cannot read the checkpoint {state}: {e} (while the daemon is stopped, "
+            f"reading it needs write access to {state.parent})"
+        ) from e
+
+
+def pending_files(job_dir: Path) -> int:
+    """Names in the job's spool folder that the daemon has not claimed yet."""
+    try:
+        return len(spool.scan(job_dir))
+    except FileNotFoundError:
+        return 0
+
+
+def default_metrics_url(listen: str) -> str | None:
+    if not listen:
+        return None
+    host, port = parse_listen(listen)
+    if port == 0:
+        return None  # a port picked at start-up: only --metrics-url can name it
+    # A wildcard bind is reached through loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/metrics"
+
+
+def read_live(url: str, timeout_s: float) -> dict[str, Live] | None:
+    """Provider -> in flight and queued from the daemon's metrics; None if it did not answer."""
+    # No proxy: the daemon is local, and an http_proxy in the environment must not see it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout_s) as resp:
+            text = resp.read().decode("utf-8")
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    return parse_live(text)
+
+
+def parse_live(text: str) -> dict[str, Live] | None:
+    """The ``synthd_in_flight`` and ``synthd_queue_depth`` gauges of a metrics page."""
+    in_flight: dict[str, int] = {}
+    queued: dict[str, int] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            target = {"synthd_in_flight": in_flight, "synthd_queue_depth": queued}.get(family.name)
+            if target is None:
+                continue
+            for sample in family.samples:
+                target[sample.labels["provider"]] = int(sample.value)
+    except (ValueError, KeyError):
+        return None
+    providers = set(in_flight) | set(queued)
+    return {p: Live(in_flight.get(p, 0), queued.get(p, 0)) for p in providers}
+
+
+def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+    if price is None:
+        return None
+    total = prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok
+    return round(total / 1e6, 6)
+
+
+# -- the human table -----------------------------------------------------------------
+
+_HEADER = (
+    "job",
+    "pending",
+    "active",
+    "done",
+    "failed",
+    *ITEM_STATES,
+    "records",
+    "in_flight",
+    "queued",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+)
+
+
+def render(status: Status) -> str:
+    """A plain-text report: a line about the daemon, then one row per job."""
+    lines = [f"config {status.config}   state {status.state}"]
+    if status.metrics_url is None:
+        lines.append(
+            "daemon: no metrics address ([service] listen is off or port 0);"
+            " in flight and queued: -"
+        )
+    elif status.daemon_running:
+        lines.append(f"daemon: running ({status.metrics_url})")
+    else:
+        lines.append(f"daemon: not answering at {status.metrics_url}; in flight and queued: -")
+    rows = [list(_HEADER)] + [_row(j) for j in status.jobs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    lines.append(
+        "files: pending (not claimed yet) active done failed;"
+        " items done by state: record rejected dead bad_input"
+    )
+    if any(j.in_flight is not None for j in status.jobs):
+        lines.append("in flight and queued are per provider: jobs on one provider share them")
+    unknown = [j.job for j in status.jobs if j.model is None]
+    if unknown:
+        lines.append(f"in the checkpoint but not in the config: {', '.join(unknown)}")
+    unpriced = sorted({j.model for j in status.jobs if j.cost_usd is None and j.model})
+    if unpriced:
+        lines.append(f'no [prices."<model>"] for: {", ".join(unpriced)}')
+    return "\n".join(lines) + "\n"
+
+
+def _row(j: JobStatus) -> list[str]:
+    def num(n: int | None) -> str:
+        return "-" if n is None else f"{n:,}"
+
+    return [
+        j.job,
+        num(j.files_pending),
+        num(j.files_active),
+        num(j.files_done),
+        num(j.files_failed),
+        *(num(j.items[s]) for s in ITEM_STATES),
+        num(j.records),
+        num(j.in_flight),
+        num(j.queued),
+        num(j.prompt_tokens),
+        num(j.completion_tokens),
+        "-" if j.cost_usd is None else f"${j.cost_usd:,.4f}",
+    ]

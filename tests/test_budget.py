@@ -1,0 +1,311 @@
+"""synthd.budget: the pure arithmetic, and the async Budget's pacing on a real event loop.
+
+The timing tests check that pacing is correct (a lower bound near the theory, a
+loose upper bound), not how fast a machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from synthd.budget import (
+    Budget,
+    Calibration,
+    RateHeaders,
+    parse_duration,
+    ramp_scale,
+    token_estimate,
+)
+from synthd.config import ProviderConfig
+
+# -- parse_duration -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("6m0s", 360.0),
+        ("1s", 1.0),
+        ("250ms", 0.25),
+        ("1m30.5s", 90.5),
+        ("2h", 7200.0),
+        ("1h2m3.5s", 3723.5),
+        ("20ms", 0.02),
+        ("0s", 0.0),
+        ("1.5", 1.5),
+        ("30", 30.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "1m30", "s", "1x", " 1s", "1s ", "m1s", "1s2"])
+def test_parse_duration_garbage_is_none(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+# -- RateHeaders --------------------------------------------------------------------------
+
+
+def test_rate_headers_parse_all_fields() -> None:
+    h = RateHeaders.parse(
+        {
+            "x-ratelimit-limit-requests": "500",
+            "x-ratelimit-limit-tokens": "200000",
+            "x-ratelimit-remaining-requests": "499",
+            "x-ratelimit-remaining-tokens": "199000.0",
+            "x-ratelimit-reset-requests": "120ms",
+            "x-ratelimit-reset-tokens": "6m0s",
+        }
+    )
+    assert h == RateHeaders(500, 200000, 499, 199000, 0.12, 360.0)
+
+
+def test_rate_headers_absent_is_none() -> None:
+    assert RateHeaders.parse({}) is None
+    assert RateHeaders.parse({"content-type": "application/json"}) is None
+
+
+def test_rate_headers_partial_and_garbled_values_are_none() -> None:
+    h = RateHeaders.parse(
+        {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-limit-tokens": "lots",
+            "x-ratelimit-reset-requests": "soon",
+        }
+    )
+    assert h == RateHeaders(None, None, 0, None, None, None)
+
+
+def test_rate_headers_infinite_value_is_none() -> None:
+    h = RateHeaders.parse({"x-ratelimit-limit-requests": "inf"})
+    assert h == RateHeaders(None, None, None, None, None, None)
+
+
+# -- ramp, estimates, calibration ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("since", "ramp", "scale"),
+    [
+        (0.0, 5.0, 0.25),
+        (-1.0, 5.0, 0.25),
+        (2.5, 5.0, 0.625),
+        (5.0, 5.0, 1.0),
+        (50.0, 5.0, 1.0),
+        (0.0, 0.0, 1.0),
+    ],
+)
+def test_ramp_scale(since: float, ramp: float, scale: float) -> None:
+    assert ramp_scale(since, ramp) == pytest.approx(scale)
+
+
+def test_ramp_scale_grows_monotonically() -> None:
+    values = [ramp_scale(t / 10, 5.0) for t in range(60)]
+    assert values == sorted(values)
+    assert values[0] == 0.25
+    assert values[-1] == 1.0
+
+
+def test_token_estimate_reserves_max_tokens_per_sample() -> None:
+    assert token_estimate(100, 50, 3) == 250
+    assert token_estimate(0, 256, 1) == 256
+
+
+def test_calibration_estimate() -> None:
+    c = Calibration()
+    assert c.chars_per_token == 4.0
+    assert c.estimate(0) == 1
+    assert c.estimate(4) == 1
+    assert c.estimate(9) == 3
+    assert Calibration(2.0).estimate(9) == 5
+
+
+def test_calibration_learns_toward_the_observed_ratio() -> None:
+    c = Calibration()
+    previous = c.chars_per_token
+    for _ in range(200):
+        c.learn(chars=300, tokens=100)  # 3 chars per token
+        assert 3.0 <= c.chars_per_token <= previous
+        previous = c.chars_per_token
+    assert c.chars_per_token == pytest.approx(3.0, abs=1e-3)
+    assert c.estimate(300) == 100
+
+
+def test_calibration_one_step_is_a_small_move() -> None:
+    c = Calibration()
+    c.learn(chars=1000, tokens=100)  # 10 chars per token
+    assert c.chars_per_token == pytest.approx(4.0 + 0.05 * 6.0)
+
+
+def test_calibration_ignores_empty_observations() -> None:
+    c = Calibration()
+    c.learn(chars=100, tokens=0)
+    c.learn(chars=0, tokens=10)
+    assert c.chars_per_token == 4.0
+
+
+# -- the async Budget ------------------------------------------------------------------
+
+
+def budget(**settings: Any) -> Budget:
+    return Budget("test", ProviderConfig(**settings))
+
+
+async def timed(coro: Any) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(coro, 10)
+    return loop.time() - start
+
+
+async def test_acquires_are_paced_at_the_request_rate() -> None:
+    b = budget(rpm=600, burst_s=1.0)  # 10 requests per second
+
+    async def six() -> None:
+        for _ in range(6):
+            await b.acquire(10)
+
+    elapsed = await timed(six())
+    # A cold start begins from a full bucket: every request waits its drip.
+    theory = 6 / (600 / 60)
+    assert elapsed >= 0.8 * theory
+    assert elapsed < 3 * theory
+
+
+async def test_token_rate_paces_large_requests() -> None:
+    b = budget(rpm=60_000, tpm=60_000, burst_s=0.1)  # 1000 tokens per second
+    elapsed = await timed(asyncio.gather(*(b.acquire(80) for _ in range(3))))
+    theory = 3 * 80 / 1000
+    assert elapsed >= 0.8 * theory
+    assert elapsed < 3 * theory + 0.2
+
+
+async def test_rate_limited_blocks_acquire_for_the_pause() -> None:
+    b = budget(rpm=60_000, burst_s=0.1)  # the drip itself is ~1 ms: the pause dominates
+    b.rate_limited_for(0.3)
+    assert b.rate_limited == 1
+    elapsed = await timed(b.acquire(1))
+    assert 0.28 <= elapsed < 0.8
+
+
+async def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
+    b = budget(rpm=60_000, burst_s=0.1)
+    b.rate_limited_for(0.3)
+    b.rate_limited_for(0.05)
+    assert b.rate_limited == 2
+    assert await timed(b.acquire(1)) >= 0.28
+
+
+async def test_a_negative_hint_is_no_pause_and_no_hint_is_one_second() -> None:
+    b = budget(rpm=60_000, burst_s=0.1)
+    b.rate_limited_for(-5)
+    assert await timed(b.acquire(1)) < 0.2
+    b.rate_limited_for(None)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(b.acquire(1), 0.3)
+
+
+async def test_a_pause_also_holds_a_caller_already_waiting() -> None:
+    b = budget(rpm=600, burst_s=1.0)  # 0.1 s drip
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.ensure_future(b.acquire(1))
+    await asyncio.sleep(0.02)  # the caller now sleeps inside the request bucket
+    paused_at = loop.time()
+    b.rate_limited_for(0.5)
+    await asyncio.wait_for(waiting, 5)
+    assert loop.time() - paused_at >= 0.45
+
+
+async def test_observe_lower_limits_are_adopted() -> None:
+    b = budget(rpm=600, tpm=100_000)
+    with capture_logs() as logs:
+        b.observe(RateHeaders(100, 50_000, 99, 49_000, 0.6, 1.0))
+    assert b.rpm == 100.0
+    assert b.tpm == 50_000.0
+    assert b.adopted_limits == {"rpm": 100, "tpm": 50_000}
+    adopted = [e for e in logs if e["event"] == "rate_limit_adopted"]
+    assert {(e["limit"], e["configured"], e["server"]) for e in adopted} == {
+        ("rpm", 600, 100),
+        ("tpm", 100_000, 50_000),
+    }
+    assert all(e["log_level"] == "warning" and e["provider"] == "test" for e in adopted)
+    # The same limit again is not news.
+    with capture_logs() as again:
+        b.observe(RateHeaders(100, 50_000, 98, 48_000, 0.6, 1.0))
+    assert again == []
+
+
+async def test_observe_ignores_higher_limits_and_can_be_off() -> None:
+    b = budget(rpm=600, tpm=100_000)
+    b.observe(RateHeaders(10_000, 10_000_000, 9_999, None, None, None))
+    assert (b.rpm, b.tpm, b.adopted_limits) == (600.0, 100_000.0, {})
+    off = budget(rpm=600, adapt_to_headers=False)
+    off.observe(RateHeaders(1, 1, 0, 0, None, None))
+    assert (off.rpm, off.adopted_limits) == (600.0, {})
+
+
+async def test_an_adopted_limit_slows_acquires() -> None:
+    b = budget(rpm=6_000, burst_s=1.0)  # 100 per second...
+    b.observe(RateHeaders(600, None, None, None, None, None))  # ...until the server says 10
+
+    async def three() -> None:
+        for _ in range(3):
+            await b.acquire(1)
+
+    assert await timed(three()) >= 0.8 * 3 / 10
+
+
+async def test_remaining_zero_makes_the_next_acquire_wait_a_drip() -> None:
+    b = budget(rpm=600, burst_s=1.0)
+    await b.acquire(1)  # cold start: one drip
+    await asyncio.sleep(0.25)  # the bucket drains: the next one would be free
+    b.observe(RateHeaders(None, None, 0, None, None, None))
+    assert b.rpm == 600.0
+    assert await timed(b.acquire(1)) >= 0.08
+
+
+async def test_an_acquire_larger_than_the_bucket_is_split() -> None:
+    b = budget(rpm=60_000, tpm=60_000, burst_s=0.1)  # buckets of 100 tokens, 1000 per second
+    assert b.token_capacity == 100.0
+    elapsed = await timed(b.acquire(250))
+    assert elapsed >= 0.8 * 250 / 1000
+
+
+async def test_settle_books_debt_and_bounded_credit() -> None:
+    b = budget(rpm=60_000, tpm=60_000, burst_s=0.1)  # buckets of 100 tokens, 1000 per second
+    b.settle(reserved=10, actual=160)  # 150 tokens of debt, paid by the next acquire
+    assert await timed(b.acquire(10)) >= 0.8 * 160 / 1000
+    # A huge over-estimate earns at most one bucket of credit: 300 tokens still wait for
+    # 200 of them, where unbounded credit would make the acquire free.
+    b.settle(reserved=10_000, actual=0)
+    assert await timed(b.acquire(300)) >= 0.8 * 0.1
+
+
+async def test_waiters_are_served_in_arrival_order() -> None:
+    # Large and small requests alternate; a bare leaky bucket would let the small ones
+    # overtake, the budget must not.
+    b = budget(rpm=60_000, tpm=600_000, burst_s=0.1)  # buckets of 1000 tokens
+    order: list[int] = []
+
+    async def one(i: int, tokens: int) -> None:
+        await b.acquire(tokens)
+        order.append(i)
+
+    amounts = [800, 1, 800, 1, 800, 1]
+    await asyncio.wait_for(asyncio.gather(*(one(i, n) for i, n in enumerate(amounts))), 10)
+    assert order == list(range(len(amounts)))
+
+
+def test_buckets_hold_burst_s_of_the_budget() -> None:
+    b = budget(rpm=600, tpm=120_000, burst_s=2.0)
+    assert b.token_capacity == pytest.approx(120_000 * 2 / 60)
+    tiny = budget(rpm=1, tpm=1, burst_s=0.5)
+    assert tiny.token_capacity == 1.0  # never below one unit
+    assert math.isclose(budget().rpm, 3500.0)

@@ -1,0 +1,309 @@
+"""synthd.config: a TOML file -> a frozen Config, or one ConfigError that says what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthd.config import Config, ProviderConfig, load
+from synthd.errors import ConfigError
+
+MINIMAL = """
+[jobs.q]
+prompt = "p.txt"
+model = "m"
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder holding the default prompt; config paths are relative to it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.txt").write_text("Questions about:\n{{context}}\n", encoding="utf-8")
+    return tmp_path
+
+
+def write(folder: Path, text: str, name: str = "synthd.toml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as exc:
+        load(path)
+    return exc.value
+
+
+def test_minimal_config_loads_with_defaults(folder: Path) -> None:
+    cfg = load(write(folder, MINIMAL))
+
+    assert isinstance(cfg, Config)
+    assert cfg.source == folder / "synthd.toml"
+    assert cfg.providers == {"default": ProviderConfig()}
+    job = cfg.jobs["q"]
+    assert job.name == "q"
+    assert job.config.model == "m"
+    assert job.config.input == "file"
+    assert job.config.provider == "default"
+    assert job.template.fields == frozenset({"context"})
+    assert job.template.render({"context": "X"}) == "Questions about:\nX\n"
+    assert job.system is None
+    assert len(job.fingerprint) == 16
+    int(job.fingerprint, 16)
+
+
+def test_config_objects_are_frozen(folder: Path) -> None:
+    cfg = load(write(folder, MINIMAL))
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.jobs["q"].config.model = "other"  # type: ignore[misc]
+
+
+def test_api_key_comes_from_the_named_variable(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load(write(folder, '[provider]\napi_key_env = "MY_KEY"\n' + MINIMAL))
+    monkeypatch.delenv("MY_KEY", raising=False)
+    assert cfg.api_key("default") is None
+    monkeypatch.setenv("MY_KEY", "")
+    assert cfg.api_key("default") is None
+    monkeypatch.setenv("MY_KEY", "sk-from-env")
+    assert cfg.api_key("default") == "sk-from-env"
+
+
+def test_stop_may_be_one_string(folder: Path) -> None:
+    cfg = load(write(folder, MINIMAL + 'stop = "END"\n'))
+    assert cfg.jobs["q"].config.stop == ("END",)
+
+
+def test_base_url_loses_its_trailing_slash(folder: Path) -> None:
+    cfg = load(write(folder, '[provider]\nbase_url = "https://api.example.com/v1/"\n' + MINIMAL))
+    assert cfg.providers["default"].base_url == "https://api.example.com/v1"
+
+
+def test_system_prompt_is_read(folder: Path) -> None:
+    (folder / "sys.txt").write_text("You are terse.", encoding="utf-8")
+    cfg = load(write(folder, MINIMAL + 'system_prompt = "sys.txt"\n'))
+    assert cfg.jobs["q"].system == "You are terse."
+
+
+def test_several_providers_and_jobs_naming_them(folder: Path) -> None:
+    text = """
+[providers.local]
+base_url = "http://127.0.0.1:8900/v1"
+rpm = 100
+
+[providers.hosted]
+base_url = "https://api.example.com/v1"
+api_key_env = "HOSTED_KEY"
+tpm = 5000
+
+[jobs.a]
+prompt = "p.txt"
+model = "small"
+provider = "local"
+
+[jobs.b]
+prompt = "p.txt"
+model = "large"
+provider = "hosted"
+"""
+    cfg = load(write(folder, text))
+    assert set(cfg.providers) == {"local", "hosted"}
+    assert cfg.providers["local"].rpm == 100
+    assert cfg.providers["hosted"].tpm == 5000
+    assert cfg.providers["hosted"].api_key_env == "HOSTED_KEY"
+    assert cfg.jobs["a"].config.provider == "local"
+    assert cfg.jobs["b"].config.provider == "hosted"
+
+
+def test_a_job_on_the_default_provider_needs_one_named_default(folder: Path) -> None:
+    text = "[providers.local]\nrpm = 100\n" + MINIMAL
+    err = load_error(write(folder, text))
+    assert err.key == "jobs.q.provider"
+    assert "no provider named 'default'" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        pytest.param('colour = "red"\n' + MINIMAL, "colour", "unknown key", id="unknown-top-key"),
+        pytest.param(MINIMAL + "temprature = 0.5\n", "jobs.q.temprature", "unknown key",
+                     id="unknown-job-key"),
+        pytest.param(MINIMAL + "[jobs.q.filters]\nsplitt = 'lines'\n",
+                     "jobs.q.filters.splitt", "unknown key", id="unknown-filter-key"),
+        pytest.param('[jobs.q]\nprompt = "p.txt"\n', "jobs.q.model", "required key is missing",
+                     id="missing-model"),
+        pytest.param(MINIMAL + "temperature = 3\n", "jobs.q.temperature",
+                     "less than or equal to 2", id="temperature-range"),
+        pytest.param(MINIMAL + 'samples = "two"\n', "jobs.q.samples", "valid integer",
+                     id="samples-type"),
+        pytest.param(MINIMAL + 'input = "csv"\n', "jobs.q.input", "'file', 'lines' or 'jsonl'",
+                     id="input-choice"),
+        pytest.param('[provider]\nrpm = 0\n' + MINIMAL, "provider.rpm", "greater than 0",
+                     id="rpm-range"),
+        pytest.param('[provider]\nbase_url = "ftp://x"\n' + MINIMAL, "provider.base_url",
+                     "http://", id="base-url-scheme"),
+        pytest.param("[provider]\nrpm = 10\n", "jobs", "required key is missing", id="no-jobs"),
+        pytest.param("jobs = {}\n", "jobs", "at least one job", id="empty-jobs"),
+        pytest.param('[jobs."a b"]\nprompt = "p.txt"\nmodel = "m"\n', "jobs.a b",
+                     "a job name may hold", id="bad-job-name"),
+        pytest.param(MINIMAL.replace("p.txt", "nope.txt"), "jobs.q.prompt",
+                     "file not found: nope.txt", id="missing-prompt-file"),
+        pytest.param(MINIMAL + 'system_prompt = "sys.txt"\n', "jobs.q.system_prompt",
+                     "file not found: sys.txt", id="missing-system-prompt-file"),
+        pytest.param(MINIMAL + "[jobs.q.filters]\nkeep_lines_matching = '(unclosed'\n",
+                     "jobs.q.filters.keep_lines_matching", "bad regex", id="bad-keep-regex"),
+        pytest.param(MINIMAL + "[jobs.q.filters]\ndrop_if_matching = '*oops'\n",
+                     "jobs.q.filters.drop_if_matching", "bad regex", id="bad-drop-if-regex"),
+        pytest.param(MINIMAL + "[jobs.q.filters]\ndrop_lines_matching = '[z-a]'\n",
+                     "jobs.q.filters.drop_lines_matching", "bad regex", id="bad-drop-regex"),
+        pytest.param(MINIMAL + "[jobs.q.filters]\njson_schema = 'schema.json'\n",
+                     "jobs.q.filters.json_schema", "file not found", id="missing-schema-file"),
+        pytest.param(MINIMAL + 'provider = "nope"\n', "jobs.q.provider",
+                     "no provider named 'nope'", id="unknown-provider"),
+        pytest.param(MINIMAL + "[jobs.q.filters]\nsplit = 'turns'\nspeakers = ['User']\n",
+                     "jobs.q.filters.speakers", "two speakers", id="turns-one-speaker"),
+        pytest.param(MINIMAL + "[jobs.q.filters]\nsplit = 'turns'\n",
+                     "jobs.q.filters.speakers", "two speakers", id="turns-no-speakers"),
+        pytest.param('[provider]\nrpm = 1\n[providers.default]\nrpm = 2\n' + MINIMAL,
+                     "provider", "both [provider] and [providers.default]",
+                     id="provider-twice"),
+        pytest.param("[jobs.q\nprompt = 'p.txt'\n", "", "not valid TOML", id="invalid-toml"),
+    ],
+)  # fmt: skip
+def test_a_wrong_config_names_file_key_and_problem(
+    folder: Path, text: str, key: str, problem: str
+) -> None:
+    path = write(folder, text)
+    err = load_error(path)
+    assert err.file == str(path)
+    assert err.key == key
+    assert problem in err.problem
+    # The one-line message a person reads carries all three.
+    message = str(err)
+    assert message.startswith(str(path) + ": ")
+    assert key in message
+    assert problem in message
+
+
+def test_a_missing_config_file_is_a_config_error(folder: Path) -> None:
+    err = load_error(folder / "absent.toml")
+    assert err.file == str(folder / "absent.toml")
+    assert err.problem == "no such file"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ('[provider]\napi_key = "sk-abc123"\n', "provider.api_key"),
+        ('[providers.hosted]\napi_key = "sk-abc123"\n', "providers.hosted.api_key"),
+        ('api_key = "sk-abc123"\n', "api_key"),
+        ('[provider]\nAPIKEY = "sk-abc123"\n', "provider.APIKEY"),
+    ],
+)
+def test_an_api_key_in_the_file_is_refused(folder: Path, section: str, key: str) -> None:
+    path = write(folder, section + MINIMAL)
+    err = load_error(path)
+    assert err.key == key
+    assert "must not be written in the config file" in err.problem
+    assert "api_key_env" in err.problem
+    assert "environment variable" in err.problem
+    # The secret itself is never echoed back into logs.
+    assert "sk-abc123" not in str(err)
+
+
+def test_an_api_key_inside_a_job_is_refused(folder: Path) -> None:
+    err = load_error(write(folder, MINIMAL + '[jobs.q.extra]\napi_key = "sk-abc123"\n'))
+    assert err.key == "jobs.q.extra.api_key"
+    assert "environment variable" in err.problem
+
+
+def test_topic_placeholder_cannot_be_filled_by_a_whole_file(folder: Path) -> None:
+    (folder / "t.txt").write_text("Write about {{ topic }} in {{context}}.", encoding="utf-8")
+    path = write(folder, MINIMAL.replace("p.txt", "t.txt"))
+    err = load_error(path)
+    assert err.key == "jobs.q.prompt"
+    assert "placeholder topic cannot be filled by input = 'file'" in err.problem
+    assert "available: context, line, source" in err.problem
+
+
+def test_topic_placeholder_is_filled_by_lines(folder: Path) -> None:
+    (folder / "t.txt").write_text("Write about {{ topic }}.", encoding="utf-8")
+    cfg = load(write(folder, MINIMAL.replace("p.txt", "t.txt") + 'input = "lines"\n'))
+    assert cfg.jobs["q"].template.fields == frozenset({"topic"})
+
+
+def test_any_placeholder_is_allowed_for_jsonl(folder: Path) -> None:
+    (folder / "t.txt").write_text("{{title}} by {{author}}: {{context}}", encoding="utf-8")
+    cfg = load(write(folder, MINIMAL.replace("p.txt", "t.txt") + 'input = "jsonl"\n'))
+    assert cfg.jobs["q"].template.fields == frozenset({"title", "author", "context"})
+
+
+def test_an_unknown_placeholder_is_refused_for_lines(folder: Path) -> None:
+    (folder / "t.txt").write_text("{{title}}", encoding="utf-8")
+    err = load_error(write(folder, MINIMAL.replace("p.txt", "t.txt") + 'input = "lines"\n'))
+    assert err.key == "jobs.q.prompt"
+    assert "placeholder title cannot be filled by input = 'lines'" in err.problem
+
+
+def test_turns_with_two_speakers_loads(folder: Path) -> None:
+    text = MINIMAL + "[jobs.q.filters]\nsplit = 'turns'\nspeakers = ['User', 'Assistant']\n"
+    cfg = load(write(folder, text))
+    assert cfg.jobs["q"].config.filters.speakers == ("User", "Assistant")
+
+
+def test_a_schema_file_that_is_not_json_is_a_config_error(folder: Path) -> None:
+    (folder / "schema.json").write_text("{not json", encoding="utf-8")
+    err = load_error(write(folder, MINIMAL + "[jobs.q.filters]\njson_schema = 'schema.json'\n"))
+    assert err.key == "jobs.q.filters.json_schema"
+
+
+# -- the fingerprint ---------------------------------------------------------
+
+
+def fingerprint(folder: Path, extra: str = "", prompt: str = "{{context}}") -> str:
+    (folder / "p.txt").write_text(prompt, encoding="utf-8")
+    return load(write(folder, MINIMAL + extra)).jobs["q"].fingerprint
+
+
+def test_fingerprint_is_stable(folder: Path) -> None:
+    assert fingerprint(folder) == fingerprint(folder)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "temperature = 0.2\n",
+        "max_tokens = 999\n",
+        "samples = 3\n",
+        "top_p = 0.5\n",
+        'stop = ["END"]\n',
+        'api = "completions"\n',
+        "[jobs.q.extra]\nseed = 7\n",
+    ],
+)
+def test_fingerprint_changes_with_parameters(folder: Path, extra: str) -> None:
+    assert fingerprint(folder, extra) != fingerprint(folder)
+
+
+def test_fingerprint_changes_with_template_model_and_system(folder: Path) -> None:
+    base = fingerprint(folder)
+    assert fingerprint(folder, prompt="Q: {{context}}") != base
+    assert load(write(folder, MINIMAL.replace('"m"', '"m2"'))).jobs["q"].fingerprint != base
+    (folder / "sys.txt").write_text("Be brief.", encoding="utf-8")
+    assert fingerprint(folder, 'system_prompt = "sys.txt"\n') != base
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "[jobs.q.filters]\nsplit = 'lines'\nmin_items = 3\nkeep_lines_matching = '\\?$'\n",
+        "[jobs.q.filters]\ndedupe = false\nmax_chars = 10\n",
+        "[jobs.q.output]\nshard_max_records = 5\n",
+        "[jobs.q.export]\ncompletion_stop = ' STOP'\n",
+    ],
+)
+def test_fingerprint_ignores_filters_and_output(folder: Path, extra: str) -> None:
+    assert fingerprint(folder, extra) == fingerprint(folder)
