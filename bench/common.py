@@ -91,6 +91,7 @@ def contexts(path: Path | None, count: int) -> Iterator[str]:
 
 @dataclass
 class DaemonRun:
+    exec_at: float  # wall clock (time.time()) when the process was started
     wall_s: float
     cpu_s: float
     max_rss_mb: float
@@ -142,6 +143,7 @@ class Workdir:
         cmd = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", *extra]
         log_path = self.path / "daemon.log"
         with open(log_path, "wb") as log:
+            exec_at = time.time()
             started = time.monotonic()
             proc = subprocess.Popen(cmd, cwd=self.path, stdout=log, stderr=subprocess.STDOUT)
             _, status, usage = os.wait4(proc.pid, 0)
@@ -151,7 +153,12 @@ class Workdir:
             orjson.loads(raw) for raw in log_path.read_bytes().splitlines() if raw[:1] == b"{"
         ]
         return DaemonRun(
-            wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, events
+            exec_at,
+            wall,
+            usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss / 1024,
+            proc.returncode,
+            events,
         )
 
     def count_lines(self, stream: str = "") -> int:

@@ -85,7 +85,7 @@ class Checkpoint:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         if readonly:
-            uri = f"file:{path}?mode=ro"
+            uri = path.resolve().as_uri() + "?mode=ro"  # escapes '#', '?' and '%'
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from synthd import __version__
 from synthd.errors import ConfigError, SynthdError
+from synthd.export import FORMATS
 
 EXIT_CONFIG = 2
 
@@ -56,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     sub.add_parser("sim", help="run the bundled OpenAI-compatible simulator (see sim --help)")
+
+    exp = sub.add_parser(
+        "export",
+        help="write a job's records as fine-tuning files (exit 1 if any failed the check)",
+    )
+    exp.add_argument("job")
+    exp.add_argument("--config", type=Path, required=True)
+    exp.add_argument("--format", choices=FORMATS, required=True)
+    exp.add_argument("--out", type=Path, required=True, help="FILE; validation goes to FILE.val")
+    exp.add_argument("--val-fraction", type=_fraction, default=0.1)
+    exp.add_argument("--seed", type=int, default=7, help="picks the train/validation split")
+    exp.set_defaults(func=_export)
 
     health = sub.add_parser("healthcheck", help="exit 0 if the daemon's /healthz answers")
     health.add_argument("--url", default="http://127.0.0.1:9464/healthz")
@@ -114,11 +127,35 @@ def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
     return int(uvloop.run(coro))
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _export(args: argparse.Namespace) -> int:
+    from synthd import config
+    from synthd.export import export_job, render, val_path
+
+    cfg = config.load(args.config)
+    summary = export_job(
+        cfg, args.job, args.format, args.out, val_fraction=args.val_fraction, seed=args.seed
+    )
+    print(render(summary, args.out, val_path(args.out)))
+    return 0 if summary.ok else 1
+
+
 def _healthcheck(args: argparse.Namespace) -> int:
     import urllib.request
 
+    # No proxy: the daemon is on this host, whatever http_proxy says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(args.url, timeout=args.timeout_s) as resp:
+        with opener.open(args.url, timeout=args.timeout_s) as resp:
             return 0 if resp.status == 200 else 1
     except OSError as e:
         print(f"synthd: unhealthy: {e}", file=sys.stderr)

@@ -38,6 +38,10 @@ _RETRYABLE_4XX = frozenset({408, 409})
 class Client(Protocol):
     async def start(self) -> None: ...
 
+    async def probe(self) -> bool:
+        """True if the server answers ``GET /models`` with any HTTP status."""
+        ...
+
     async def close(self) -> None: ...
 
     async def complete(self, api: str, body: bytes) -> tuple[Reply, RateHeaders | None]:
@@ -76,6 +80,15 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def probe(self) -> bool:
+        assert self._session is not None, "start() first"
+        try:
+            async with self._session.get(f"{self.cfg.base_url}/models") as resp:
+                await resp.read()
+                return True
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def complete(self, api: str, body: bytes) -> tuple[Reply, RateHeaders | None]:
         assert self._session is not None, "start() first"
@@ -181,6 +194,17 @@ class SdkClient:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+
+    async def probe(self) -> bool:
+        import openai
+
+        try:
+            await self._client.models.list()
+        except openai.APIStatusError:
+            return True  # it answered, if only to refuse
+        except openai.APIError:
+            return False
+        return True
 
     async def complete(self, api: str, body: bytes) -> tuple[Reply, RateHeaders | None]:
         import openai

@@ -306,12 +306,15 @@ class Daemon:
                     note="done items are kept; the rest of this file uses the new settings",
                 )
             await asyncio.to_thread(self.checkpoint.set_fingerprint, src.id, job.fingerprint)
+        done_after = await asyncio.to_thread(self.checkpoint.done_after, src.id, src.resume_seq)
         try:
-            f, reader = await asyncio.to_thread(self._open_source, rt, src)
+            await asyncio.to_thread(self._prepare_source, src)
+            # Opened here, with no await before the with-block: a stop arriving
+            # now cannot leave the file open.
+            f, reader = self._open_source(rt, src)
         except (InputError, OSError) as e:
             await self._fail_source(name, src, e)
             return
-        done_after = await asyncio.to_thread(self.checkpoint.done_after, src.id, src.resume_seq)
         progress = self.writer.track(src, done_after)
         slots = self._slots[job.config.provider]
         total = src.resume_seq
@@ -343,12 +346,15 @@ class Daemon:
             return
         self.writer.submit(SourceEnd(src.id, total))
 
-    def _open_source(self, rt: JobRuntime, src: Source) -> tuple[Any, items_mod.Reader]:
-        path = Path(src.path)
+    def _prepare_source(self, src: Source) -> None:
+        """Before a file's first read: make a UTF-16/32 file UTF-8 (blocking)."""
         if src.resume_offset == 0 and src.resume_seq == 0:
-            codec = spool.transcode_if_bom(path)
+            codec = spool.transcode_if_bom(Path(src.path))
             if codec is not None:
                 log.info("transcoded", job=src.job, file=src.name, codec=codec)
+
+    def _open_source(self, rt: JobRuntime, src: Source) -> tuple[Any, items_mod.Reader]:
+        path = Path(src.path)
         f = open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
         f.seek(src.resume_offset)
         cfg = rt.job.config

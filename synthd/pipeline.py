@@ -136,6 +136,12 @@ class Dispatcher:
             asyncio.create_task(self._sender(), name=f"sender-{self.name}-{i}")
             for i in range(self.cfg.max_in_flight)
         ]
+        # Readiness should not wait for the first item: ask the server once now.
+        self._senders.append(asyncio.create_task(self._probe(), name=f"probe-{self.name}"))
+
+    async def _probe(self) -> None:
+        if await self.client.probe():
+            self.stats.answered = True
 
     async def stop(self) -> None:
         """Cancel the senders and pending retries; close the client."""
@@ -176,9 +182,9 @@ class Dispatcher:
         self.stats.answered = True
         if rate is not None:
             self.budget.observe(rate)
-        self._account(a, reply.prompt_tokens, reply.completion_tokens, reply.usage_reported)
         if not reply.usage_reported:
             reply = _with_estimated_usage(a, reply, self.budget)
+        self._account(a, reply.prompt_tokens, reply.completion_tokens, reply.usage_reported)
         results = [a.rt.filters.apply(c.text, c.finish_reason) for c in reply.choices]
         outcome = records.completed(
             a.rt.job, a.item, a.prompt, a.rt.params, reply, results, time.time()

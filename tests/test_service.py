@@ -190,6 +190,7 @@ async def test_not_ready_until_the_provider_answers(work: Workdir) -> None:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", hold)
+    app.router.add_get("/v1/models", hold)  # the start-up probe is held too
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
