@@ -111,12 +111,13 @@ class OutputConfig(_Frozen):
 class ExportConfig(_Frozen):
     """How ``synthd export`` turns this job's records into fine-tuning pairs."""
 
-    separator: str = "\n\n###\n\n"
-    completion_stop: str = " END"
-    system: str | None = None  # system message for chat exports; default: the job's
+    separator: str = "\n\n###\n\n"  # ends every prompt of a prompt-completion export
+    completion_stop: str = " END"  # ends every completion of a prompt-completion export
+    system: str | None = None  # system message for chat exports; default: the job's; "": none
     user_from: Literal["prompt", "context"] = "context"
-    context_tokens: PositiveInt = 16_385
-    price_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    context_tokens: PositiveInt = 16_385  # longer examples fail the check
+    price_per_mtok: Annotated[float, Field(ge=0)] = 0.0  # training price, for the estimate
+    epochs: PositiveInt = 3  # training epochs, for the cost estimate
 
 
 class JobConfig(_Frozen):

@@ -82,6 +82,7 @@ def completed(
         rec: dict[str, Any] = {
             **base,
             prompt_key: prompt,
+            "context": context,  # the input text alone, for exports
             "completion": result.text,
             "model": reply.model,
             "params": params,
