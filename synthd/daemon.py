@@ -35,7 +35,7 @@ from synthd.client import make_client
 from synthd.config import Config, Job
 from synthd.errors import ConfigError, InputError, WriterFailed
 from synthd.filters import FilterChain
-from synthd.metrics import ProviderStats
+from synthd.metrics import JobStats, ProviderStats
 from synthd.models import Outcome, Source, WorkItem
 from synthd.pipeline import Attempt, Dispatcher, JobRuntime, prepare
 from synthd.records import bad_input
@@ -240,6 +240,7 @@ class Daemon:
             settler = spool.Settler(self.config.service.settle_s)
             while not self._stop.is_set():
                 entries = await asyncio.to_thread(spool.scan, job_dir)
+                self.jobs[name].stats.bytes_unclaimed = sum(e.size for e in entries)
                 ready = settler.settled(entries, time.time_ns())
                 for entry in ready:
                     if self._stop.is_set():
@@ -321,8 +322,12 @@ class Daemon:
         self._outstanding += 1  # hold the source open while its items are read
         try:
             with f:
+                rt.stats.bytes_claimed += _size(src.path) - src.resume_offset
+                last_end = src.resume_offset
                 for thing in reader:
                     total = thing.seq + 1
+                    rt.stats.bytes_read += thing.end - last_end
+                    last_end = thing.end
                     if thing.seq < progress.seq or thing.seq in progress.done:
                         continue  # finished before a restart
                     await slots.acquire()
@@ -455,6 +460,7 @@ class Daemon:
             rate = 0.0
             if last is not None and now > last[0]:
                 rate = (s.items_done - last[1].get(name, 0)) / (now - last[0])
+            eta = eta_s(backlog_items(s), rate)
             d = rt.dispatcher
             log.info(
                 "progress" if not final else "summary",
@@ -463,6 +469,7 @@ class Daemon:
                 queued=s.items_queued - s.items_done,
                 in_flight=d.stats.in_flight,
                 items_per_s=round(rate, 1),
+                eta_s=None if eta is None else round(eta),
                 requests=sum(s.requests.values()),
                 prompt_tokens=s.prompt_tokens,
                 completion_tokens=s.completion_tokens,
@@ -490,6 +497,33 @@ def _glibc() -> Any:
     except (OSError, AttributeError):
         return None
     return libc
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def backlog_items(s: JobStats) -> float:
+    """Items left: those admitted and not done, plus the unread input in items.
+
+    Unread input is known in bytes (file sizes), not items, so it is converted
+    at the bytes-per-item seen so far.
+    """
+    admitted_left = s.items_queued - s.items_done
+    unread = s.bytes_claimed - s.bytes_read + s.bytes_unclaimed
+    if unread <= 0 or s.items_queued == 0:
+        return float(admitted_left)
+    return admitted_left + unread / (s.bytes_read / s.items_queued)
+
+
+def eta_s(remaining_items: float, items_per_s: float) -> float | None:
+    """Seconds until the known backlog is done at the recent rate; None if unknown."""
+    if remaining_items <= 0:
+        return 0.0
+    return None if items_per_s <= 0 else remaining_items / items_per_s
 
 
 def _filters(job: Job) -> FilterChain:

@@ -37,6 +37,11 @@ class JobStats:
     bad_input: int = 0
     items_done: int = 0
     items_queued: int = 0
+    # For the ETA: bytes of input known to exist (claimed files from their resume
+    # point, plus unclaimed files at the last scan) and bytes read into items so far.
+    bytes_claimed: int = 0
+    bytes_read: int = 0
+    bytes_unclaimed: int = 0
     backlog: int | None = None  # items known to exist, when a reader could tell
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0

@@ -39,7 +39,6 @@ backoff_max_s = 0.5
 listen = ""
 settle_s = 0
 scan_interval_s = 0.1
-progress_interval_s = 60
 {service}
 
 {jobs}
@@ -89,3 +88,48 @@ def simple_job(name: str = "q", **extra: Any) -> str:
     lines.append(f"[jobs.{name}.filters]")
     lines.extend(f"{k} = {v}" for k, v in filters.items())
     return "\n".join(lines) + "\n"
+
+
+_PROVIDER_DEFAULTS: dict[str, Any] = {
+    "rpm": 1_000_000,
+    "tpm": 1_000_000_000,
+    "max_in_flight": 64,
+    "request_timeout_s": 5,
+    "backoff_base_s": 0.05,
+    "backoff_max_s": 0.5,
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()
+    return repr(value)
+
+
+def write_provider_config(
+    work: Workdir, base_url: str, jobs: str, service: str = "", **provider: Any
+) -> Path:
+    """``Workdir.write_config`` with any [provider] key set (``tpm=...``, ``max_attempts=...``).
+
+    The keys ``write_config`` fixes (tpm, request_timeout_s, backoff ...) can be overridden
+    here, since TOML refuses a key given twice.
+    """
+    keys = {"base_url": base_url, **_PROVIDER_DEFAULTS, **provider}
+    table = "\n".join(f"{k} = {_toml_value(v)}" for k, v in keys.items())
+    text = f"""
+[provider]
+{table}
+
+[service]
+listen = ""
+settle_s = 0
+scan_interval_s = 0.1
+{service}
+
+{jobs}
+"""
+    cfg = work.path / "config" / "synthd.toml"
+    cfg.write_text(text)
+    return cfg

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
 from collections import Counter
 
 import orjson
+import pytest
 from structlog.testing import capture_logs
 
 from synthd import config
@@ -140,3 +143,45 @@ def test_cli_config_error_exit_code(work: Workdir) -> None:
     )
     assert result.returncode == 2
     assert b"config/synthd.toml: jobs.q.filters.bogus: unknown key" in result.stderr
+
+
+async def test_systemd_readiness_and_stopping_over_a_real_socket(
+    work: Workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(work.path / "notify.sock"))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(work.path / "notify.sock"))
+    try:
+        async with running_sim(SimConfig(port=0)) as sim:
+            work.write_config(sim.base_url, simple_job("q"))
+            (work.spool("q") / "a.txt").write_text("a passage")
+            await run_once(work)
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(sock.recv(4096))
+    finally:
+        sock.close()
+    assert messages[0] == b"READY=1"
+    assert b"STOPPING=1" in messages
+    assert any(m.startswith(b"STATUS=") for m in messages)
+
+
+async def test_progress_line_reports_an_eta_from_the_byte_backlog(work: Workdir) -> None:
+    async with running_sim(SimConfig(port=0, latency_ms=20)) as sim:
+        work.write_config(
+            sim.base_url,
+            simple_job("q", input='"lines"'),
+            service="progress_interval_s = 0.2",
+            rpm=6000,  # 100 items/s: the 300 items take ~3 s, several progress lines
+        )
+        (work.spool("q") / "t.txt").write_text("\n".join(f"topic {i}" for i in range(300)))
+        with capture_logs() as logs:
+            await run_once(work)
+    etas = [e["eta_s"] for e in logs if e["event"] == "progress" and e["done"] > 0]
+    assert etas, "progress lines were logged while work went on"
+    assert all(isinstance(eta, int | float) and 0 <= eta < 60 for eta in etas if eta is not None)
+    assert any(eta is not None and eta > 0 for eta in etas)
+    summary = next(e for e in logs if e["event"] == "summary")
+    assert summary["eta_s"] == 0
