@@ -179,10 +179,12 @@ class Budget:
             await self._requests.acquire(1)
             amount = tokens + self._debt
             self._debt = min(0.0, amount)  # unused credit carries over
-            cap = self._tokens.max_rate
             while amount > 0:
-                chunk = min(amount, cap)
-                await self._tokens.acquire(chunk)
+                # Re-read the bucket each time: a 429 elsewhere may have rebuilt it
+                # smaller while we waited, and aiolimiter refuses more than capacity.
+                bucket = self._tokens
+                chunk = min(amount, bucket.max_rate)
+                await bucket.acquire(chunk)
                 amount -= chunk
             # A 429 may have arrived while we waited for a drip: honour it too.
             await self._open.wait()

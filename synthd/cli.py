@@ -65,7 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("job")
     exp.add_argument("--config", type=Path, required=True)
     exp.add_argument("--format", choices=FORMATS, required=True)
-    exp.add_argument("--out", type=Path, required=True, help="FILE; validation goes to FILE.val")
+    exp.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="training examples; validation ones go to FILE with .val before its suffix",
+    )
     exp.add_argument("--val-fraction", type=_fraction, default=0.1)
     exp.add_argument("--seed", type=int, default=7, help="picks the train/validation split")
     exp.set_defaults(func=_export)

@@ -17,11 +17,14 @@ The pure part (``Exporter``) turns record lines into examples, drops
 duplicates, checks each example (``synthd.exportcheck``) and routes it to the
 training or validation file by a hash of (seed, record id): the split does not
 depend on order, and a record keeps its side when more records arrive. The
-shell (``read_shards``, ``export_job``) reads the shards and writes the files.
+shell (``ShardReader``, ``export_job``) reads the shards and writes the files.
 
 Reading is safe while the daemon writes: closed shards are complete, and of
 the open ``.part`` shard only the lines that end in a newline are read. A shard
 renamed from ``.part`` to its final name meanwhile is read under its new name.
+One caveat: after a crash, and until the daemon restarts, a ``.part`` shard may
+end in lines that recovery will cut (their item was not complete); an export
+taken in that window includes them.
 """
 
 from __future__ import annotations
@@ -285,19 +288,24 @@ def render(summary: Summary, train: Path, val: Path) -> str:
     lines.append(f"  duplicates     {s.duplicates} removed")
     if s.problems:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.problems.items()))
-        lines.append(f"  problems       {s.failed} examples left out: {kinds}")
+        examples = "example" if s.failed == 1 else "examples"
+        lines.append(f"  problems       {s.failed} {examples} left out: {kinds}")
     else:
         lines.append("  problems       none")
     if s.tokens:
         t = s.tokens
+        rule = "ceil(chars/4)"
+        if s.fmt != "prompt-completion":
+            rule += f" + {exportcheck.TOKENS_PER_MESSAGE} per message"
         lines.append(
             f"  tokens         min {min(t)}, median {statistics.median(t):g}, max {max(t)} "
-            f"per example (estimate: ceil(chars/4) + {exportcheck.TOKENS_PER_MESSAGE} per message)"
+            f"per example (estimate: {rule})"
         )
     billed = s.train_tokens * s.epochs
     if s.price_per_mtok:
+        price = f"about ${s.cost:.2f}" if s.cost >= 0.01 else "under $0.01"
         lines.append(
-            f"  cost           about ${s.cost:.2f}: {s.train_tokens} training tokens x "
+            f"  cost           {price}: {s.train_tokens} training tokens x "
             f"{s.epochs} epochs at ${s.price_per_mtok:g} per 1M tokens"
         )
     else:

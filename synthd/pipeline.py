@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 
 from synthd import records
 from synthd.budget import Budget, token_estimate
@@ -31,6 +32,8 @@ from synthd.models import BadLine, Outcome, Rejection, WorkItem
 from synthd.prompts import chat_messages, request_body
 from synthd.retry import retry_delay_s
 from synthd.writer import Writer
+
+log = structlog.get_logger("synthd.pipeline")
 
 TRUNCATION_MARKER = "\n[... truncated ...]"
 
@@ -160,7 +163,23 @@ class Dispatcher:
         while True:
             attempt = await self.queue.get()
             self.stats.queued = self.queue.qsize()
-            await self._send(attempt)
+            try:
+                await self._send(attempt)
+            except Exception as e:
+                # Not a retry: a programming error would just fail again. The item
+                # is dead-lettered so it is accounted for, and the log says loudly why.
+                log.error("sender_bug", job=attempt.rt.job.name, error=repr(e), exc_info=e)
+                attempt.rt.stats.dead += 1
+                self.writer.submit(
+                    records.dead_letter(
+                        attempt.rt.job,
+                        attempt.item,
+                        repr(e),
+                        "internal_error",
+                        attempt.attempts,
+                        time.time(),
+                    )
+                )
 
     async def _send(self, a: Attempt) -> None:
         stats = a.rt.stats

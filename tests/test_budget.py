@@ -309,3 +309,15 @@ def test_buckets_hold_burst_s_of_the_budget() -> None:
     tiny = budget(rpm=1, tpm=1, burst_s=0.5)
     assert tiny.token_capacity == 1.0  # never below one unit
     assert math.isclose(budget().rpm, 3500.0)
+
+
+async def test_a_split_reservation_survives_the_bucket_shrinking_under_it() -> None:
+    """A 429 rebuilds the token bucket at 25% while a large reservation is being split."""
+    cfg = ProviderConfig(rpm=60_000, tpm=60_000, burst_s=1.0, ramp_s=5.0)
+    budget = Budget("p", cfg)
+    await budget.acquire(1)  # the cold start fills the bucket
+    waiter = asyncio.create_task(budget.acquire(3 * 1000))  # three bucketfuls
+    await asyncio.sleep(0.05)
+    budget.rate_limited_for(0.0)  # now capacity is 250: a chunk of 1000 would be refused
+    await asyncio.wait_for(waiter, 20)
+    assert waiter.exception() is None
