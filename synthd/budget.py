@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,7 +38,14 @@ from synthd.config import ProviderConfig
 log = structlog.get_logger("synthd.budget")
 
 _RAMP_FLOOR = 0.25
+_OBSERVE_S = 3  # seconds of admissions that tell the server's real capacity
 _RAMP_STEP = 0.05
+_RATE_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
@@ -94,9 +102,7 @@ class RateHeaders:
 
     @classmethod
     def parse(cls, headers: Mapping[str, str]) -> RateHeaders | None:
-        if "x-ratelimit-limit-requests" not in headers and (
-            "x-ratelimit-remaining-requests" not in headers
-        ):
+        if not any(name in headers for name in _RATE_HEADERS):
             return None
 
         def num(name: str) -> int | None:
@@ -155,6 +161,10 @@ class Budget:
         self._resume_at: float | None = None
         self._debt = 0.0
         self.calibration = Calibration()
+        self._ok_second = 0
+        self._ok_count = 0
+        self._ok_history: deque[int] = deque(maxlen=_OBSERVE_S)
+        self._last_limited = -1e9
         self.rate_limited = 0
         self.adopted_limits: dict[str, int] = {}
 
@@ -195,12 +205,40 @@ class Budget:
         # Credit is bounded: a run of over-estimates must not turn into a burst.
         self._debt = max(self._debt, -self._tokens.max_rate)
 
+    def accepted(self, now: float) -> None:
+        """Count a request the server admitted (for what a 429 teaches us)."""
+        self._roll(now)
+        self._ok_count += 1
+
+    def _roll(self, now: float) -> None:
+        """Close the seconds that have passed in the per-second admission history."""
+        second = int(now)
+        if second - self._ok_second > _OBSERVE_S:  # a long quiet spell: all zeros
+            self._ok_history.extend([self._ok_count] + [0] * _OBSERVE_S)
+            self._ok_second, self._ok_count = second, 0
+        while self._ok_second < second:
+            self._ok_history.append(self._ok_count)
+            self._ok_second += 1
+            self._ok_count = 0
+
     def rate_limited_for(self, retry_after_s: float | None) -> None:
-        """A 429: pause everyone, then ramp back up."""
+        """A 429: pause everyone, lower the rate to what the server accepts, ramp back up.
+
+        The new request rate is what the server really admitted over the last
+        few seconds (multiplicative decrease to the observed capacity); it grows
+        back towards the budget by 10% per quiet ``ramp_s`` (additive probing),
+        so a budget set far too high settles near the server's limit instead of
+        bursting into it after every pause.
+        """
         self.rate_limited += 1
         loop = asyncio.get_running_loop()
+        now = loop.time()
         pause = retry_after_s if retry_after_s is not None else 1.0
-        until = loop.time() + min(max(pause, 0.0), 60.0)
+        until = now + min(max(pause, 0.0), 60.0)
+        self._last_limited = now
+        observed_rpm = self._observed_rpm(now)
+        if observed_rpm is not None and observed_rpm < self.rpm:
+            self.rpm = max(1.0, observed_rpm)
         if until > self._paused_until:
             self._paused_until = until
             self._resume_at = until
@@ -243,7 +281,24 @@ class Budget:
                 server=limit,
             )
 
+    def _observed_rpm(self, now: float) -> float | None:
+        """Requests per minute the server admitted over the last full seconds."""
+        self._roll(now)
+        if len(self._ok_history) < 2 or sum(self._ok_history) == 0:
+            return None
+        return 60.0 * sum(self._ok_history) / len(self._ok_history)
+
+    def _maybe_grow(self, now: float) -> None:
+        """After a quiet spell with no 429, probe 10% closer to the budget."""
+        target = float(self.adopted_limits.get("rpm", self.cfg.rpm))
+        if self.rpm >= target or now - self._last_limited < 2 * max(self.cfg.ramp_s, 1.0):
+            return
+        self.rpm = min(target, self.rpm * 1.1)
+        self._last_limited = now  # the next step waits another quiet spell
+        self._rebuild()
+
     def _maybe_ramp(self, now: float) -> None:
+        self._maybe_grow(now)
         if self._resume_at is None:
             return
         scale = ramp_scale(now - self._resume_at, self.cfg.ramp_s)

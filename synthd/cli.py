@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return sim_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command in ("status", "dry-run", "export"):
+        # Their stdout is their result (often JSON): any log line goes to stderr.
+        from synthd import logs
+
+        logs.configure_to_stderr("warning")
     try:
         result: int = args.func(args)
         return result

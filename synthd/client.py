@@ -105,13 +105,19 @@ class HttpClient:
             raise ConnectionLost(f"{type(e).__name__}: {e}") from e
         rate = RateHeaders.parse(headers)
         if status != 200:
-            raise status_error(status, raw, headers)
+            error = status_error(status, raw, headers)
+            error.rate = rate  # a 429's headers say the most about the limit
+            raise error
         return parse_reply(api, raw), rate
 
 
 def status_error(status: int, raw: bytes, headers: Mapping[str, str]) -> ProviderError:
     """Map a non-200 reply to our error family."""
     message = _error_message(raw)
+    if status == 429 and message.startswith("Request too large"):
+        # OpenAI's answer to one request above the whole per-minute limit: no
+        # wait can make it pass, so it is refused, not retried.
+        return Rejected(f"HTTP 429: {message}", status)
     if status == 429:
         return RateLimited(message, retry_after(headers))
     if status >= 500 or status in _RETRYABLE_4XX:

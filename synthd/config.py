@@ -29,6 +29,7 @@ TokenAccounting = Literal["reserved", "used"]
 LongPrompt = Literal["truncate", "reject"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -54,6 +55,17 @@ class ProviderConfig(_Frozen):
     ramp_s: Annotated[float, Field(ge=0)] = 5.0
     transport: Transport = "http"
     adapt_to_headers: bool = True
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, v: str) -> str:
+        if not _ENV_NAME.match(v):
+            # Never echo the value: it is often a key pasted in the wrong place.
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits, _), "
+                "not the key itself"
+            )
+        return v
 
     @field_validator("base_url")
     @classmethod
@@ -221,6 +233,8 @@ def _pydantic_message(err: Any) -> str:
         return "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
+    if err["type"] == "value_error":  # our own checks; the value may be a secret
+        return str(err["msg"]).removeprefix("Value error, ")
     return f"{err['msg']} (got {err.get('input')!r})"
 
 

@@ -324,7 +324,10 @@ class Daemon:
             with f:
                 rt.stats.bytes_claimed += _size(src.path) - src.resume_offset
                 last_end = src.resume_offset
+                watch = spool.ClaimWatch(f.fileno(), src.path)
+                loop = asyncio.get_running_loop()
                 for thing in reader:
+                    watch.check(loop.time())  # deleted, replaced, truncated: stop
                     total = thing.seq + 1
                     rt.stats.bytes_read += thing.end - last_end
                     last_end = thing.end
@@ -336,6 +339,7 @@ class Daemon:
                     self._admit(rt, thing)
                     if self._stop.is_set():
                         return
+                watch.check()  # a truncated file ends early, as if it were whole
         except InputError as e:
             await self._fail_source(name, src, e)
             return
@@ -395,8 +399,8 @@ class Daemon:
             current = Path(src.path)
             if current.exists():
                 target = spool.fail(job_dir, current, src.name, reason, detail)
-            else:
-                target = current
+            else:  # deleted while claimed: the report alone says what happened
+                target = spool.fail_missing(job_dir, src.name, reason, detail)
             self.checkpoint.end_source(src.id, "failed", str(target), f"{reason}: {detail}")
 
         await asyncio.to_thread(move)

@@ -7,6 +7,8 @@ bodies) and ``Rejected`` (a 4xx other than 429: sending it again cannot help).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SynthdError(Exception):
     """Base of every error synthd raises on purpose."""
@@ -48,6 +50,7 @@ class ProviderError(SynthdError):
     def __init__(self, detail: str, status: int | None = None) -> None:
         self.detail = detail
         self.status = status
+        self.rate: Any = None  # the reply's RateHeaders, when there was a reply
         super().__init__(f"{self.kind}: {detail}")
 
 

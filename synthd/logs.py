@@ -74,5 +74,23 @@ def configure(
     )
 
 
+def configure_to_stderr(level: str = "warning") -> None:
+    """For commands whose stdout is their result: JSON log lines on stderr.
+
+    The logger looks ``sys.stderr`` up at every call and is not cached, so it
+    follows whatever stderr is current (these commands log a handful of lines).
+    """
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            _redact_event,
+            structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o).decode()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_level(level)),
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
 def _level(name: str) -> int:
     return int(logging.getLevelNamesMapping()[name.upper()])

@@ -27,6 +27,7 @@ from synthd.config import Job, ProviderConfig
 from synthd.errors import ProviderError, RateLimited, Rejected, Retryable, TemplateError
 from synthd.filters import FilterChain
 from synthd.fingerprint import sampling_params
+from synthd.logs import redact
 from synthd.metrics import JobStats, ProviderStats
 from synthd.models import BadLine, Outcome, Rejection, WorkItem
 from synthd.prompts import chat_messages, request_body
@@ -61,6 +62,7 @@ class Attempt:
     prompt: Any  # the messages or prompt text, as recorded
     prompt_chars: int
     reserved: int
+    context: str  # as sent: cut short when the prompt was truncated
     attempts: int = 0
 
 
@@ -75,12 +77,22 @@ def prepare(rt: JobRuntime, item: WorkItem) -> Attempt | Outcome:
     overhead = len(job.system or "")
     prompt_tokens = budget.calibration.estimate(len(text) + overhead)
     limit = cfg.max_prompt_tokens
+    context = item.fields["context"]
     if limit is not None and prompt_tokens > limit:
         if cfg.on_long_prompt == "reject":
             return _unsendable(
                 rt, item, "prompt_too_long", f"about {prompt_tokens} tokens > {limit}"
             )
-        text = _truncated(rt, item, limit - budget.calibration.estimate(overhead))
+        context = _truncated_context(rt, item, limit - budget.calibration.estimate(overhead))
+        text = job.template.render({**item.fields, "context": context})
+        log.warning(
+            "prompt_truncated",
+            job=job.name,
+            file=item.source.name,
+            line=item.line,
+            tokens_before=prompt_tokens,
+            limit=limit,
+        )
         prompt_tokens = budget.calibration.estimate(len(text) + overhead)
     reserved = token_estimate(prompt_tokens, cfg.max_tokens, cfg.samples)
     if reserved > budget.tpm:
@@ -92,20 +104,26 @@ def prepare(rt: JobRuntime, item: WorkItem) -> Attempt | Outcome:
         )
     body = request_body(cfg.api, cfg.model, text, job.system, rt.params)
     prompt = body["messages"] if cfg.api == "chat" else body["prompt"]
-    return Attempt(rt, item, orjson.dumps(body), prompt, len(text) + overhead, reserved)
+    return Attempt(rt, item, orjson.dumps(body), prompt, len(text) + overhead, reserved, context)
 
 
-def _truncated(rt: JobRuntime, item: WorkItem, token_room: int) -> str:
-    """Cut the context so the whole prompt fits, and say so in the prompt."""
-    job = rt.job
+def _truncated_context(rt: JobRuntime, item: WorkItem, token_room: int) -> str:
+    """The context cut so the whole prompt fits, with a marker that says so."""
     cpt = rt.dispatcher.budget.calibration.chars_per_token
-    frame = len(job.template.render({**item.fields, "context": ""}))
+    frame = len(rt.job.template.render({**item.fields, "context": ""}))
     room = max(0, int(token_room * cpt) - frame - len(TRUNCATION_MARKER))
-    fields = {**item.fields, "context": item.fields["context"][:room] + TRUNCATION_MARKER}
-    return job.template.render(fields)
+    return item.fields["context"][:room] + TRUNCATION_MARKER
 
 
 def _unsendable(rt: JobRuntime, item: WorkItem, reason: str, detail: str) -> Outcome:
+    log.warning(
+        "item_unsendable",
+        job=rt.job.name,
+        file=item.source.name,
+        line=item.line,
+        reason=reason,
+        detail=detail,
+    )
     bad = BadLine(item.source, item.seq, item.line, item.end, reason, detail)
     rt.stats.bad_input += 1
     return records.bad_input(rt.job, bad, time.time())
@@ -169,17 +187,7 @@ class Dispatcher:
                 # Not a retry: a programming error would just fail again. The item
                 # is dead-lettered so it is accounted for, and the log says loudly why.
                 log.error("sender_bug", job=attempt.rt.job.name, error=repr(e), exc_info=e)
-                attempt.rt.stats.dead += 1
-                self.writer.submit(
-                    records.dead_letter(
-                        attempt.rt.job,
-                        attempt.item,
-                        repr(e),
-                        "internal_error",
-                        attempt.attempts,
-                        time.time(),
-                    )
-                )
+                self._dead_letter(attempt, redact(repr(e)), "internal_error")
 
     async def _send(self, a: Attempt) -> None:
         stats = a.rt.stats
@@ -198,6 +206,7 @@ class Dispatcher:
             self.stats.in_flight -= 1
         stats.observe_latency(loop.time() - started)
         stats.count("200")
+        self.budget.accepted(loop.time())
         self.stats.answered = True
         if rate is not None:
             self.budget.observe(rate)
@@ -206,7 +215,7 @@ class Dispatcher:
         self._account(a, reply.prompt_tokens, reply.completion_tokens, reply.usage_reported)
         results = [a.rt.filters.apply(c.text, c.finish_reason) for c in reply.choices]
         outcome = records.completed(
-            a.rt.job, a.item, a.prompt, a.rt.params, reply, results, time.time()
+            a.rt.job, a.item, a.prompt, a.rt.params, reply, results, time.time(), a.context
         )
         for r in results:
             if isinstance(r, Rejection):
@@ -232,6 +241,8 @@ class Dispatcher:
         stats.count(str(e.status) if e.status else e.kind)
         a.attempts += 1
         retry_after = None
+        if e.rate is not None:
+            self.budget.observe(e.rate)
         if isinstance(e, RateLimited):
             self.stats.rate_limited += 1
             retry_after = e.retry_after_s
@@ -248,9 +259,22 @@ class Dispatcher:
             self._retry_later(a, delay)
             return
         kind = "rejected" if isinstance(e, Rejected) else "attempts_exhausted"
-        stats.dead += 1
+        self._dead_letter(a, redact(str(e)), kind)
+
+    def _dead_letter(self, a: Attempt, error: str, kind: str) -> None:
+        a.rt.stats.dead += 1
+        item = a.item
+        log.warning(
+            "dead_letter",
+            job=a.rt.job.name,
+            file=item.source.name,
+            line=item.line,
+            kind=kind,
+            attempts=a.attempts,
+            error=error,
+        )
         self.writer.submit(
-            records.dead_letter(a.rt.job, a.item, str(e), kind, a.attempts, time.time())
+            records.dead_letter(a.rt.job, item, error, kind, a.attempts, time.time())
         )
 
     def _retry_later(self, a: Attempt, delay: float) -> None:

@@ -46,8 +46,13 @@ def completed(
     reply: Reply,
     results: list[Accepted | Rejection],
     now: float,
+    sent_context: str | None = None,
 ) -> Outcome:
-    """The outcome of an item whose request succeeded: records and rejects."""
+    """The outcome of an item whose request succeeded: records and rejects.
+
+    ``sent_context`` is the context as the model saw it, when the prompt was
+    truncated; ids stay derived from the full input, so they stay stable.
+    """
     source = source_of(item)
     usage = {
         "prompt_tokens": reply.prompt_tokens,
@@ -82,7 +87,7 @@ def completed(
         rec: dict[str, Any] = {
             **base,
             prompt_key: prompt,
-            "context": context,  # the input text alone, for exports
+            "context": context if sent_context is None else sent_context,  # for exports
             "completion": result.text,
             "model": reply.model,
             "params": params,

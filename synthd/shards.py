@@ -13,6 +13,7 @@ at start-up hands each ``.part`` file's uncheckpointed tail to recovery.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -139,11 +140,13 @@ class ShardStream:
         if self._fd is None or self._path is None:
             return None
         os.fsync(self._fd)
-        os.close(self._fd)
         final = self._path.with_name(self._path.name[: -len(_PART)])
+        # Rename before closing: if the rename fails, the shard stays open and whole.
         os.rename(self._path, final)
-        _fsync_dir(self.folder)
+        os.close(self._fd)
         self._fd, self._path, self.offset, self.records = None, None, 0, 0
+        with contextlib.suppress(OSError):  # the rename is done; the dir fsync is a bonus
+            _fsync_dir(self.folder)
         return final
 
     def _open(self, path: Path) -> None:

@@ -153,12 +153,79 @@ def transcode_if_bom(path: Path) -> str | None:
 def fail(job_dir: Path, current: Path, name: str, reason: str, detail: str) -> Path:
     """Move a refused file to ``failed/`` with ``NAME.error.json`` beside it."""
     target = _move_unique(current, job_dir / FAILED, name)
+    _write_report(target, name, reason, detail)
+    return target
+
+
+def fail_missing(job_dir: Path, name: str, reason: str, detail: str) -> Path:
+    """Report a claimed file that is gone: ``failed/NAME.error.json`` with no file beside it."""
+    folder = job_dir / FAILED
+    folder.mkdir(parents=True, exist_ok=True)
+    target, n = folder / name, 1
+    while target.exists() or target.is_symlink() or _report_path(target).exists():
+        n += 1
+        target = folder / f"{name}.{n}"
+    _write_report(target, name, reason, detail)
+    return target
+
+
+def _report_path(target: Path) -> Path:
+    return target.with_name(target.name + ".error.json")
+
+
+def _write_report(target: Path, name: str, reason: str, detail: str) -> None:
     report = {"file": name, "reason": reason, "detail": detail, "failed_at": time.time()}
-    err = target.with_name(target.name + ".error.json")
+    err = _report_path(target)
     tmp = err.with_name(err.name + ".part")
     tmp.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     os.replace(tmp, err)
-    return target
+
+
+class ClaimWatch:
+    """Notices a claimed file deleted, replaced or resized while it is read.
+
+    Through its open descriptor a reader goes on reading a deleted or replaced
+    file to its old end, and a truncated file just ends early: without this
+    check such a file would be finished as if it were whole. ``check`` raises
+    ``InputError("changed_while_read")``; it costs two stat calls, made at most
+    every ``every_s`` seconds of the caller's clock (always when ``now`` is None).
+    """
+
+    def __init__(self, fd: int, path: str, every_s: float = 0.5) -> None:
+        st = os.fstat(fd)
+        self._fd = fd
+        self._path = path
+        self._ident = (st.st_dev, st.st_ino)
+        self._size = st.st_size
+        self._every_s = every_s
+        self._next: float | None = None
+
+    def check(self, now: float | None = None) -> None:
+        if now is not None:
+            if self._next is not None and now < self._next:
+                return
+            self._next = now + self._every_s
+        st = os.fstat(self._fd)
+        try:
+            named = os.stat(self._path)
+        except FileNotFoundError:
+            named = None
+        if named is not None and (named.st_dev, named.st_ino) != self._ident:
+            problem = "was replaced by another file"
+        elif named is None or st.st_nlink == 0:
+            problem = "was deleted"
+        elif st.st_size != self._size:
+            problem = (
+                f"changed size from {self._size} to {st.st_size} bytes (was it still being "
+                "written? see [service] settle_s)"
+            )
+        else:
+            return
+        raise InputError(
+            "changed_while_read",
+            f"the claimed file {problem} while it was read; the items read until then were "
+            "processed, the rest were not",
+        )
 
 
 def unique_target(folder: Path, name: str) -> Path:

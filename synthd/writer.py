@@ -23,12 +23,13 @@ nothing is thrown away, and the dispatcher stops sending meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -41,10 +42,13 @@ from synthd.models import Outcome, Source
 from synthd.shards import ShardStream, Tail
 
 log = structlog.get_logger("synthd.writer")
+_T = TypeVar("_T")
 
 STREAMS = ("records", "rejects", "dead")
 # Errors that mean "the disk cannot take this now", not "the program is wrong".
-_BLOCKING_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO})
+_BLOCKING_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO}
+)
 _RETRY_BLOCKED_S = 2.0
 
 
@@ -120,6 +124,7 @@ class Writer:
         self.unblocked = asyncio.Event()
         self.unblocked.set()
         self._closing = False
+        self._unrotated: set[ShardStream] = set()
         self.records_written = 0
 
     # -- start-up --------------------------------------------------------
@@ -219,17 +224,11 @@ class Writer:
         await self.wait_idle()
 
     async def _commit_until_done(self, batch: list[Outcome | SourceEnd]) -> None:
-        while True:
-            try:
-                finished = await asyncio.to_thread(self._commit, batch)
-            except OutputBlocked as e:
-                if self.blocked is None:
-                    log.error("output_blocked", path=e.path, error=str(e))
-                    self.blocked = str(e)
-                    self.unblocked.clear()
-                await asyncio.sleep(_RETRY_BLOCKED_S)
-                continue
-            break
+        finished = await self._until_unblocked(lambda: self._commit(batch))
+        # The batch is committed; a shard the folder would not let us close keeps
+        # the writer blocked (so sending stays paused) until it can be closed.
+        if self._unrotated:
+            await self._until_unblocked(self._rotate_pending)
         if self.blocked is not None:
             log.warning("output_resumed", was=self.blocked)
             self.blocked = None
@@ -237,6 +236,18 @@ class Writer:
         self._on_committed([o for o in batch if isinstance(o, Outcome)])
         for source, path in finished:
             self._on_source_done(source, path)
+
+    async def _until_unblocked(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` in a thread until it stops raising ``OutputBlocked``."""
+        while True:
+            try:
+                return await asyncio.to_thread(work)
+            except OutputBlocked as e:
+                if self.blocked is None:
+                    log.error("output_blocked", path=e.path, error=str(e))
+                    self.blocked = str(e)
+                    self.unblocked.clear()
+                await asyncio.sleep(_RETRY_BLOCKED_S)
 
     # -- the thread side -------------------------------------------------
 
@@ -266,10 +277,20 @@ class Writer:
                 raise OutputBlocked(str(where), str(e)) from e
             raise
         self.records_written += sum(c for (_, k), (_, c) in data.items() if k == "records")
-        for stream in touched:
-            if stream.full:
-                stream.close_shard()
+        # The batch is committed: nothing below may fail it, or it would be written twice.
+        self._unrotated.update(s for s in touched if s.full)
+        with contextlib.suppress(OutputBlocked):  # retried, blocked, by the loop side
+            self._rotate_pending()
         return self._finish_sources()
+
+    def _rotate_pending(self) -> None:
+        """Close every full shard. Raises ``OutputBlocked`` if the folder refuses."""
+        for stream in list(self._unrotated):
+            try:
+                stream.close_shard()
+            except OSError as e:
+                raise OutputBlocked(str(stream.part_path), str(e)) from e
+            self._unrotated.discard(stream)
 
     def _encode(
         self, tx: Transaction, outcomes: list[Outcome]
@@ -319,6 +340,8 @@ class Writer:
                 os.rename(src.path, target)
             except FileNotFoundError:
                 log.warning("source_vanished", job=src.job, file=src.name)
+            except OSError as e:  # the next start's sweep of .work/ moves it
+                log.error("source_move_failed", job=src.job, file=src.name, error=str(e))
             finished.append((src, str(target)))
         return finished
 
@@ -326,7 +349,10 @@ class Writer:
         """On a clean stop every open shard gets its final name: the run is whole."""
         for streams in self.streams.values():
             for s in streams.values():
-                s.close_shard()
+                try:
+                    s.close_shard()
+                except OSError as e:  # stays .part: complete up to its last newline
+                    log.warning("shard_not_closed", shard=s.part_path, error=str(e))
 
 
 def _complete(lines: list[tuple[str, dict[str, Any], bytes]]) -> bool:

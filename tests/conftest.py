@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,6 +64,13 @@ scan_interval_s = 0.1
         for shard in sorted(folder.glob("*.jsonl*")):
             out.extend(orjson.loads(raw) for raw in shard.read_bytes().splitlines())
         return out
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """A command run in-process configures structlog globally; undo it after each test."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -1,0 +1,250 @@
+"""The output cannot take writes: disk full, file too large, folder read-only.
+
+synthd must then stop sending (a completion it cannot write is paid for and
+thrown away), log ``output_blocked`` once, keep retrying the batch it holds,
+and carry on when the output takes writes again (``output_resumed``). Each test
+ends with every item recorded exactly once and every request the simulator
+answered kept: its request count equals the number of items.
+
+Root ignores permission bits and quotas, so the blocks are made honestly:
+``RLIMIT_FSIZE`` on a daemon subprocess (writes past N bytes fail with EFBIG),
+a daemon subprocess without ``CAP_DAC_OVERRIDE`` (so a mode-555 folder refuses
+it), and a small tmpfs (true ENOSPC) where mounting is allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from synthd import config
+from synthd.daemon import Daemon
+from synthd.sim import RunningSim, SimConfig, running_sim
+from tests.conftest import Workdir, simple_job, write_provider_config
+from tests.test_bad_input import GOOD, assert_good_once, drop_good
+from tests.test_hostile_spool import (
+    open_log,
+    permission_bits_apply,
+    wait_until,
+    without_dac_override,
+)
+
+ITEMS = 40
+# 4 senders, 100 ms a reply: ~40 requests/s, so the 40 items take about a second
+# of sending and the output blocks while most of them are still unsent.
+PACED = SimConfig(port=0, latency_ms=100)
+RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", "--once"]
+
+
+def big_topics(spool: Path, width: int) -> None:
+    """One lines file of ITEMS contexts of ``width`` characters: large records."""
+    filler = "the harbour at dawn, the cranes, the gulls and the tide; " * (width // 57 + 1)
+    rows = [f"item {i:03d}: {filler[:width]}" for i in range(ITEMS)]
+    (spool / "big.txt").write_text("\n".join(rows) + "\n")
+
+
+def write_config(work: Workdir, sim: RunningSim, **job: Any) -> None:
+    write_provider_config(work, sim.base_url, simple_job("q", **job), max_in_flight=4)
+
+
+def assert_all_once(work: Workdir, requests: int) -> None:
+    """Every item recorded once, every answered request kept, no torn line."""
+    records = work.lines("q")
+    per_item = Counter((r["source"]["file"], r["source"]["seq"]) for r in records)
+    assert per_item == {("big.txt", i): 1 for i in range(ITEMS)} | {(n, 0): 1 for n in GOOD}
+    assert requests == ITEMS + len(GOOD), "a completion was requested twice or thrown away"
+    assert not work.lines("q", "rejects") and not work.lines("q", "dead")
+    for shard in (work.path / "out" / "q").glob("*.jsonl*"):
+        assert shard.read_bytes().endswith(b"\n")
+    assert_good_once(work)
+
+
+def daemon_events(work: Workdir, event: str) -> list[dict[str, Any]]:
+    path = work.path / "daemon.log"
+    if not path.exists():
+        return []
+    return [
+        e
+        for raw in path.read_bytes().splitlines()
+        if raw.startswith(b"{") and (e := orjson.loads(raw))["event"] == event
+    ]
+
+
+async def wait_blocked(work: Workdir, proc: asyncio.subprocess.Process) -> None:
+    def blocked_or_gone() -> bool:
+        return bool(daemon_events(work, "output_blocked")) or proc.returncode is not None
+
+    await wait_until(blocked_or_gone, 20)
+    assert proc.returncode is None, (work.path / "daemon.log").read_text()[-3000:]
+
+
+async def spawn(work: Workdir, preexec: Callable[[], None]) -> asyncio.subprocess.Process:
+    with open_log(work) as log:
+        return await asyncio.create_subprocess_exec(
+            *RUN, cwd=work.path, stdout=log, stderr=log, preexec_fn=preexec
+        )
+
+
+async def assert_sending_paused(sim: RunningSim) -> int:
+    """Requests in flight when the output blocked finish; then none is sent."""
+    await asyncio.sleep(0.5)
+    paused_at = int(sim.stats()["requests"])
+    await asyncio.sleep(1.0)
+    assert sim.stats()["requests"] == paused_at, "requests were sent while the output was blocked"
+    assert paused_at < ITEMS, "the output blocked too late to show anything"
+    return paused_at
+
+
+async def test_file_size_limit_efbig_blocks_then_resumes(work: Workdir) -> None:
+    """EFBIG (RLIMIT_FSIZE) is a full disk for this process: blocked, not fatal.
+
+    A record is ~65 KB here, so the records shard reaches the 512 KB limit after
+    a few items, long before the checkpoint's WAL (a few 4 KB pages a commit).
+    """
+    limit = 512 * 1024
+
+    def limited() -> None:
+        # Only the soft limit: raising it back needs no CAP_SYS_RESOURCE.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    spool = work.spool("q")
+    async with running_sim(PACED) as sim:
+        write_config(work, sim, input='"lines"')
+        big_topics(spool, 32_000)
+        drop_good(spool)
+        proc = await spawn(work, limited)
+        try:
+            await wait_blocked(work, proc)
+            await assert_sending_paused(sim)
+            await asyncio.sleep(1.0)  # past the writer's 2 s retry: still one log line
+            assert len(daemon_events(work, "output_blocked")) == 1
+            assert not daemon_events(work, "output_resumed")
+            resource.prlimit(
+                proc.pid,
+                resource.RLIMIT_FSIZE,
+                (resource.RLIM_INFINITY, resource.RLIM_INFINITY),
+            )
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        requests = sim.stats()["requests"]
+    (blocked,) = daemon_events(work, "output_blocked")
+    assert "File too large" in blocked["error"]
+    assert len(daemon_events(work, "output_resumed")) == 1
+    assert_all_once(work, requests)
+
+
+async def test_read_only_output_folder_blocks_then_resumes(work: Workdir) -> None:
+    if (why := permission_bits_apply()) is not None:
+        pytest.skip(why)
+    spool = work.spool("q")
+    out = work.path / "out" / "q"
+    out.mkdir(parents=True)
+    out.chmod(0o555)
+    async with running_sim(PACED) as sim:
+        write_config(work, sim, input='"lines"')
+        big_topics(spool, 200)
+        drop_good(spool)
+        proc = await spawn(work, without_dac_override)
+        try:
+            await wait_blocked(work, proc)
+            await assert_sending_paused(sim)
+            out.chmod(0o755)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            out.chmod(0o755)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        requests = sim.stats()["requests"]
+    (blocked,) = daemon_events(work, "output_blocked")
+    assert "Permission denied" in blocked["error"]
+    assert len(daemon_events(work, "output_resumed")) == 1
+    assert_all_once(work, requests)
+
+
+async def test_output_folder_made_read_only_mid_run_blocks_then_resumes(work: Workdir) -> None:
+    if (why := permission_bits_apply()) is not None:
+        pytest.skip(why)
+    spool = work.spool("q")
+    out = work.path / "out" / "q"
+    async with running_sim(PACED) as sim:
+        # Small shards: the folder must take a rename and a new file every 20 records.
+        write_config(work, sim, input='"lines"', **{"output.shard_max_records": 20})
+        big_topics(spool, 200)
+        drop_good(spool)
+        proc = await spawn(work, without_dac_override)
+        try:
+            # A shard open and not full: its rename to the final name will be refused.
+            await wait_until(lambda: bool(list(out.glob("*.jsonl.part"))), 20)
+            out.chmod(0o555)
+            await wait_blocked(work, proc)
+            await assert_sending_paused(sim)
+            out.chmod(0o755)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            out.chmod(0o755)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        requests = sim.stats()["requests"]
+    assert len(daemon_events(work, "output_resumed")) == 1
+    assert_all_once(work, requests)
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[None]:
+    path.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "synthd-test", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+async def test_disk_full_enospc_blocks_then_resumes(
+    work: Workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real full disk: out/ on a 128 KiB tmpfs, grown by a remount."""
+    monkeypatch.setattr("synthd.writer._RETRY_BLOCKED_S", 0.2)
+    spool = work.spool("q")
+    out = work.path / "out"
+    with tmpfs(out, "128k"):
+        async with running_sim(PACED) as sim:
+            write_config(work, sim, input='"lines"')
+            big_topics(spool, 8_000)
+            drop_good(spool)
+            daemon = Daemon(
+                config.load(work.path / "config" / "synthd.toml"), once=True, handle_signals=False
+            )
+            with capture_logs() as logs:
+                task = asyncio.create_task(daemon.run())
+                await wait_until(lambda: daemon.writer.blocked is not None, 20)
+                await assert_sending_paused(sim)
+                remount = ["mount", "-o", "remount,size=64m", str(out)]
+                await asyncio.to_thread(subprocess.run, remount, check=True)
+                assert await asyncio.wait_for(task, 30) == 0
+            requests = sim.stats()["requests"]
+        blocked = [e for e in logs if e["event"] == "output_blocked"]
+        assert len(blocked) == 1 and "No space left on device" in blocked[0]["error"]
+        assert len([e for e in logs if e["event"] == "output_resumed"]) == 1
+        assert_all_once(work, requests)
