@@ -42,11 +42,15 @@ def main() -> int:
             proc = subprocess.Popen(cmd, cwd=work.path, stdout=log, stderr=subprocess.STDOUT)
         marks = [0.1, 0.5, 0.9]
         curve = []
+        highest = (0.0, 0.0, 0.0)  # rss, elapsed, share done
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             done = sim_stats(url)["by_status"].get("200", 0) / n
+            now_rss = rss_mb(proc.pid)
+            if now_rss > highest[0]:
+                highest = (now_rss, time.monotonic() - started, done)
             if marks and done >= marks[0]:
                 mark = marks.pop(0)
                 curve.append(
@@ -70,6 +74,11 @@ def main() -> int:
                 "cpu_us_per_request": round(1e6 * (usage.ru_utime + usage.ru_stime) / served, 1),
                 "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
                 "rss_curve": curve,
+                "highest_sample": {
+                    "rss_mb": round(highest[0], 1),
+                    "elapsed_s": round(highest[1], 1),
+                    "done": f"{highest[2]:.0%}",
+                },
                 "exit": os.waitstatus_to_exitcode(status),
             }
         )

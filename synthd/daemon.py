@@ -111,7 +111,7 @@ class Daemon:
                 await d.stop()
             # The writer's last commit must complete even if we are cancelled.
             if not writer_task.done():
-                await asyncio.shield(self.writer.close())
+                await self._close_writer(writer_task)
             for task in tickers:
                 task.cancel()
             if service is not None:
@@ -123,6 +123,25 @@ class Daemon:
         if writer_task.cancelled() or writer_task.exception() is not None:
             raise WriterFailed(str(self.config.paths.out), "the writer stopped; see the log")
         return 0
+
+    async def _close_writer(self, writer_task: asyncio.Task[None]) -> None:
+        """Let the writer commit what it holds. Only a second signal while the
+        output is blocked gives up on it: those items are redone on the next
+        start, and a failed batch is always cut back out of the files."""
+        close = asyncio.ensure_future(asyncio.shield(self.writer.close()))
+        while not close.done():
+            force = asyncio.create_task(self._force.wait())
+            waits: list[asyncio.Future[Any]] = [close, force]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
+            if not close.done() and self.writer.blocked is not None:
+                log.error("exit_while_blocked", blocked=self.writer.blocked)
+                writer_task.cancel()
+                close.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer_task
+                return
+            self._force.clear()  # forced, but the writer is making progress: wait on
 
     def _writer_ended(self, task: asyncio.Task[None]) -> None:
         """The writer must outlive everything else; if it dies, stop at once."""

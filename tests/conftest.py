@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,21 @@ scan_interval_s = 0.1
         for shard in sorted(folder.glob("*.jsonl*")):
             out.extend(orjson.loads(raw) for raw in shard.read_bytes().splitlines())
         return out
+
+
+@contextmanager
+def sim_process(*flags: str) -> Iterator[str]:
+    """The simulator as a subprocess on a free port; yields its /v1 URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synthd.sim", "--port", "0", *flags], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        yield str(orjson.loads(proc.stdout.readline())["url"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ once: a bad file never stops the daemon or costs other work.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from structlog.testing import capture_logs
 
 from synthd.pipeline import TRUNCATION_MARKER
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, simple_job
+from tests.conftest import Workdir, sim_process, simple_job
 from tests.test_daemon import run_once
 
 GOOD = {
@@ -191,16 +190,8 @@ async def test_jsonl_bad_lines_are_set_aside_with_their_line_numbers(work: Workd
 
 @pytest.fixture
 def sim_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "synthd.sim", "--port", "0"], stdout=subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    try:
-        yield str(orjson.loads(proc.stdout.readline())["url"])
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-        proc.stdout.close()
+    with sim_process() as url:
+        yield url
 
 
 def run_daemon_measured(work: Workdir) -> tuple[int, int]:

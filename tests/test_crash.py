@@ -21,34 +21,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Workdir, simple_job
+from tests.conftest import Workdir, sim_process, simple_job
 
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml"]
 
 
 @pytest.fixture
 def sim_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "synthd.sim",
-            "--port",
-            "0",
-            "--latency-ms",
-            "30",
-            "--latency-spread-ms",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    try:
-        yield str(orjson.loads(proc.stdout.readline())["url"])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stdout.close()
+    with sim_process("--latency-ms", "30", "--latency-spread-ms", "20") as url:
+        yield url
 
 
 def start(work: Workdir, *extra: str) -> subprocess.Popen[bytes]:

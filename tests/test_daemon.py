@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from synthd import config
 from synthd.daemon import Daemon
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, simple_job
+from tests.conftest import Workdir, sim_process, simple_job
 
 
 async def run_once(work: Workdir) -> Daemon:
@@ -110,12 +110,7 @@ async def test_identical_completions_are_deduplicated(work: Workdir) -> None:
 
 
 def test_cli_once_exits_zero(work: Workdir) -> None:
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "synthd.sim", "--port", "0"], stdout=subprocess.PIPE
-    )
-    try:
-        assert sim.stdout is not None
-        url = orjson.loads(sim.stdout.readline())["url"]
+    with sim_process() as url:
         work.write_config(url, simple_job("q"))
         (work.spool("q") / "a.txt").write_text("a passage")
         result = subprocess.run(
@@ -123,11 +118,6 @@ def test_cli_once_exits_zero(work: Workdir) -> None:
             capture_output=True,
             timeout=60,
         )
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
-        if sim.stdout is not None:
-            sim.stdout.close()
     assert result.returncode == 0, result.stderr.decode()
     events = [orjson.loads(line)["event"] for line in result.stdout.splitlines()]
     assert events[0] == "recovered" and events[-1] == "stopped"
@@ -185,3 +175,20 @@ async def test_progress_line_reports_an_eta_from_the_byte_backlog(work: Workdir)
     assert any(eta is not None and eta > 0 for eta in etas)
     summary = next(e for e in logs if e["event"] == "summary")
     assert summary["eta_s"] == 0
+
+
+async def test_the_sdk_transport_gives_the_same_records(work: Workdir) -> None:
+    """transport = "sdk" sends through the openai package: same records, same accounting."""
+    async with running_sim(SimConfig(port=0, p_500=0.2, fault_seed=5)) as sim:
+        work.write_config(
+            sim.base_url, simple_job("q"), provider='transport = "sdk"\nmax_attempts = 8'
+        )
+        for i in range(12):
+            (work.spool("q") / f"c{i}.txt").write_text(f"passage {i} for the sdk transport")
+        daemon = await run_once(work)
+        stats = sim.stats()
+    records = work.lines("q")
+    assert len(records) == 12
+    assert all(r["usage"]["prompt_tokens"] > 0 for r in records)
+    assert stats["by_status"]["200"] == 12
+    assert daemon.jobs["q"].stats.retries == stats["by_status"].get("500", 0)

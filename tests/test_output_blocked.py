@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -248,3 +249,38 @@ async def test_disk_full_enospc_blocks_then_resumes(
         assert len(blocked) == 1 and "No space left on device" in blocked[0]["error"]
         assert len([e for e in logs if e["event"] == "output_resumed"]) == 1
         assert_all_once(work, requests)
+
+
+async def test_second_signal_while_blocked_exits_and_a_restart_finishes_once(
+    work: Workdir,
+) -> None:
+    """Blocked output and two SIGTERMs: exit now (1), no torn line; the next start redoes
+    what was never written, and every item ends up recorded exactly once."""
+    limit = 512 * 1024
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    spool = work.spool("q")
+    async with running_sim(PACED) as sim:
+        write_config(work, sim, input='"lines"')
+        big_topics(spool, 32_000)
+        drop_good(spool)
+        proc = await spawn(work, limited)
+        try:
+            await wait_blocked(work, proc)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert daemon_events(work, "exit_while_blocked")
+        for shard in (work.path / "out" / "q").glob("*.jsonl*"):
+            assert shard.read_bytes().endswith(b"\n")
+        again = await spawn(work, lambda: None)
+        assert await asyncio.wait_for(again.wait(), 60) == 0
+    per_item = Counter((r["source"]["file"], r["source"]["seq"]) for r in work.lines("q"))
+    assert per_item == {("big.txt", i): 1 for i in range(ITEMS)} | {(n, 0): 1 for n in GOOD}

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from synthd import config
 from synthd.daemon import Daemon
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir
+from tests.conftest import Workdir, sim_process
 
 # A prompt of its own: the project's prompts change; the sim answers "question" prompts
 # with question lists, a few of them too short for min_items.
@@ -251,12 +251,7 @@ async def test_records_written_counts_only_what_the_shards_hold(work: Workdir) -
 
 
 def test_run_log_file_gets_json_lines(work: Workdir) -> None:
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "synthd.sim", "--port", "0"], stdout=subprocess.PIPE
-    )
-    try:
-        assert sim.stdout is not None
-        url = orjson.loads(sim.stdout.readline())["url"]
+    with sim_process() as url:
         cfg = write_config(work, url, listen="")
         (work.spool("q") / "topics.txt").write_text(topics(3))
         log_file = work.path / "synthd.log"
@@ -266,11 +261,6 @@ def test_run_log_file_gets_json_lines(work: Workdir) -> None:
             capture_output=True,
             timeout=60,
         )
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
-        if sim.stdout is not None:
-            sim.stdout.close()
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == b""  # the logs went to the file, not to stdout
     events = [orjson.loads(line) for line in log_file.read_bytes().splitlines()]
