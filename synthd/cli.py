@@ -181,30 +181,30 @@ def _count(text: str) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import orjson
 
     from synthd import config, status
 
     cfg = config.load(args.config)
     result = status.collect(cfg, args.metrics_url)
-    if args.json:
-        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(status.render(result))
+    _print(result.to_json() if args.json else status.render(result))
     return 0
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    import orjson
 
     from synthd import config, dryrun
 
     cfg = config.load(args.config)
     result = dryrun.plan(cfg, args.job, args.n)
-    if args.json:
-        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(dryrun.render(result))
+    _print(result.to_json() if args.json else dryrun.render(result))
     return 0
+
+
+def _print(result: str | dict[str, Any]) -> None:
+    """A command's result on stdout: rendered text as is, or indented JSON."""
+    if isinstance(result, str):
+        sys.stdout.write(result)
+        return
+    import orjson
+
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import time
@@ -29,23 +27,22 @@ import structlog
 
 from synthd import config as config_mod
 from synthd import items as items_mod
-from synthd import notify, spool
+from synthd import memory, notify, spool
 from synthd.checkpoint import Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
 from synthd.errors import ConfigError, InputError, WriterFailed
 from synthd.filters import FilterChain
-from synthd.metrics import JobStats, ProviderStats
+from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source, WorkItem
 from synthd.pipeline import Attempt, Dispatcher, JobRuntime, prepare
+from synthd.progress import ProgressLog
 from synthd.records import bad_input
 from synthd.writer import SourceEnd, Writer
 
 log = structlog.get_logger("synthd.daemon")
 
 STATE_FILE = "synthd.db"
-_TRIM_EVERY_S = 1.0
-_M_MMAP_THRESHOLD = -3
 # Items admitted beyond max_in_flight: enough that a sender finishing a request
 # finds the next one rendered and waiting, few enough to keep memory flat.
 _ADMIT_AHEAD = 256
@@ -72,6 +69,7 @@ class Daemon:
         self._changed_jobs: set[str] = set()
         self.ready = asyncio.Event()
         self.http_port: int | None = None
+        self._progress_log = ProgressLog()
         self.started = time.time()
 
     # -- run ---------------------------------------------------------------
@@ -92,7 +90,7 @@ class Daemon:
         feeders = [asyncio.create_task(self._feed(name), name=f"feed-{name}") for name in self.jobs]
         tickers = [
             asyncio.create_task(self._progress(), name="progress"),
-            asyncio.create_task(self._trim_memory(), name="trim"),
+            asyncio.create_task(memory.release_freed_memory(), name="trim"),
         ]
         if (interval := notify.watchdog_interval_s()) is not None:
             tickers.append(asyncio.create_task(self._watchdog(interval / 2), name="watchdog"))
@@ -453,57 +451,10 @@ class Daemon:
             await asyncio.sleep(self.config.service.progress_interval_s)
             self._log_progress()
 
-    async def _trim_memory(self) -> None:
-        """Give freed heap pages back to the OS every few seconds.
-
-        Contexts, prompts and records are strings of a few KB to tens of KB, so
-        they live in malloc's heap, not Python's small-object arenas. Freed out
-        of order they fragment it, and glibc only returns the top of the heap:
-        RSS then creeps up with the length of the run though live memory is
-        flat. ``malloc_trim`` releases every free page, wherever it is.
-        """
-        libc = _glibc()
-        if libc is None:
-            return
-        # A fixed mmap threshold: glibc would otherwise raise it after the first
-        # large free, and the writer's MB-sized batch buffers would then come
-        # from (and fragment) the heap instead of being unmapped when freed.
-        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-        trim = libc.malloc_trim
-        while True:
-            await asyncio.sleep(_TRIM_EVERY_S)
-            trim(0)
-
     def _log_progress(self, final: bool = False) -> None:
-        now = time.monotonic()
-        last = getattr(self, "_last_progress", None)
-        self._last_progress = (now, {n: rt.stats.items_done for n, rt in self.jobs.items()})
-        for name, rt in self.jobs.items():
-            s = rt.stats
-            rate = 0.0
-            if last is not None and now > last[0]:
-                rate = (s.items_done - last[1].get(name, 0)) / (now - last[0])
-            eta = eta_s(backlog_items(s), rate)
-            d = rt.dispatcher
-            log.info(
-                "progress" if not final else "summary",
-                job=name,
-                done=s.items_done,
-                queued=s.items_queued - s.items_done,
-                in_flight=d.stats.in_flight,
-                items_per_s=round(rate, 1),
-                eta_s=None if eta is None else round(eta),
-                requests=sum(s.requests.values()),
-                prompt_tokens=s.prompt_tokens,
-                completion_tokens=s.completion_tokens,
-                records=s.records,
-                rejects=sum(s.rejects.values()),
-                retries=s.retries,
-                dead=s.dead,
-                bad_input=s.bad_input,
-                rate_limited=d.stats.rate_limited,
-            )
-        notify.notify(f"STATUS={sum(rt.stats.items_done for rt in self.jobs.values())} items done")
+        self._progress_log.log(self.jobs, "summary" if final else "progress")
+        done = sum(rt.stats.items_done for rt in self.jobs.values())
+        notify.notify(f"STATUS={done} items done")
 
     async def _watchdog(self, every_s: float) -> None:
         while True:
@@ -511,42 +462,11 @@ class Daemon:
             await asyncio.sleep(every_s)
 
 
-def _glibc() -> Any:
-    """glibc, when it is the C library and has ``malloc_trim``; else None."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018 - musl and others lack it
-        libc.mallopt  # noqa: B018
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
 def _size(path: str) -> int:
     try:
         return os.stat(path).st_size
     except OSError:
         return 0
-
-
-def backlog_items(s: JobStats) -> float:
-    """Items left: those admitted and not done, plus the unread input in items.
-
-    Unread input is known in bytes (file sizes), not items, so it is converted
-    at the bytes-per-item seen so far.
-    """
-    admitted_left = s.items_queued - s.items_done
-    unread = s.bytes_claimed - s.bytes_read + s.bytes_unclaimed
-    if unread <= 0 or s.items_queued == 0:
-        return float(admitted_left)
-    return admitted_left + unread / (s.bytes_read / s.items_queued)
-
-
-def eta_s(remaining_items: float, items_per_s: float) -> float | None:
-    """Seconds until the known backlog is done at the recent rate; None if unknown."""
-    if remaining_items <= 0:
-        return 0.0
-    return None if items_per_s <= 0 else remaining_items / items_per_s
 
 
 def _filters(job: Job) -> FilterChain:
