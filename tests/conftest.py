@@ -28,28 +28,8 @@ class Workdir:
     def write_config(
         self, base_url: str, jobs: str, provider: str = "", service: str = "", rpm: int = 1_000_000
     ) -> Path:
-        text = f"""
-[provider]
-base_url = "{base_url}"
-rpm = {rpm}
-tpm = 1000000000
-max_in_flight = 64
-request_timeout_s = 5
-backoff_base_s = 0.05
-backoff_max_s = 0.5
-{provider}
-
-[service]
-listen = ""
-settle_s = 0
-scan_interval_s = 0.1
-{service}
-
-{jobs}
-"""
-        cfg = self.path / "config" / "synthd.toml"
-        cfg.write_text(text)
-        return cfg
+        keys = {"base_url": base_url, **_PROVIDER_DEFAULTS, "rpm": rpm}
+        return _write(self, _table(keys) + "\n" + provider, service, jobs)
 
     def spool(self, job: str) -> Path:
         d = self.path / "spool" / job
@@ -126,6 +106,29 @@ _PROVIDER_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _table(keys: dict[str, Any]) -> str:
+    return "\n".join(f"{k} = {_toml_value(v)}" for k, v in keys.items())
+
+
+def _write(work: Workdir, provider: str, service: str, jobs: str) -> Path:
+    """config/synthd.toml for tests: quick scans, no HTTP endpoint, no settling."""
+    text = f"""
+[provider]
+{provider}
+
+[service]
+listen = ""
+settle_s = 0
+scan_interval_s = 0.1
+{service}
+
+{jobs}
+"""
+    cfg = work.path / "config" / "synthd.toml"
+    cfg.write_text(text)
+    return cfg
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -143,19 +146,4 @@ def write_provider_config(
     here, since TOML refuses a key given twice.
     """
     keys = {"base_url": base_url, **_PROVIDER_DEFAULTS, **provider}
-    table = "\n".join(f"{k} = {_toml_value(v)}" for k, v in keys.items())
-    text = f"""
-[provider]
-{table}
-
-[service]
-listen = ""
-settle_s = 0
-scan_interval_s = 0.1
-{service}
-
-{jobs}
-"""
-    cfg = work.path / "config" / "synthd.toml"
-    cfg.write_text(text)
-    return cfg
+    return _write(work, _table(keys), service, jobs)

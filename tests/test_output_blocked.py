@@ -107,18 +107,20 @@ async def assert_sending_paused(sim: RunningSim) -> int:
     return paused_at
 
 
+def limited() -> None:
+    """In the child: writes past 512 KiB fail with EFBIG (Python ignores SIGXFSZ).
+
+    Only the soft limit: raising it back needs no CAP_SYS_RESOURCE.
+    """
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, resource.RLIM_INFINITY))
+
+
 async def test_file_size_limit_efbig_blocks_then_resumes(work: Workdir) -> None:
     """EFBIG (RLIMIT_FSIZE) is a full disk for this process: blocked, not fatal.
 
     A record is ~65 KB here, so the records shard reaches the 512 KB limit after
     a few items, long before the checkpoint's WAL (a few 4 KB pages a commit).
     """
-    limit = 512 * 1024
-
-    def limited() -> None:
-        # Only the soft limit: raising it back needs no CAP_SYS_RESOURCE.
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-
     spool = work.spool("q")
     async with running_sim(PACED) as sim:
         write_config(work, sim, input='"lines"')
@@ -256,11 +258,6 @@ async def test_second_signal_while_blocked_exits_and_a_restart_finishes_once(
 ) -> None:
     """Blocked output and two SIGTERMs: exit now (1), no torn line; the next start redoes
     what was never written, and every item ends up recorded exactly once."""
-    limit = 512 * 1024
-
-    def limited() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-
     spool = work.spool("q")
     async with running_sim(PACED) as sim:
         write_config(work, sim, input='"lines"')
