@@ -30,7 +30,7 @@ from synthd.fingerprint import sampling_params
 from synthd.logs import redact
 from synthd.metrics import JobStats, ProviderStats
 from synthd.models import BadLine, Outcome, Rejection, WorkItem
-from synthd.prompts import chat_messages, request_body
+from synthd.prompts import request_body
 from synthd.retry import retry_delay_s
 from synthd.writer import Writer
 
@@ -296,6 +296,3 @@ def _with_estimated_usage(a: Attempt, reply: Any, budget: Budget) -> Any:
     completion = sum(budget.calibration.estimate(len(c.text or "")) for c in reply.choices)
     prompt = budget.calibration.estimate(a.prompt_chars)
     return replace(reply, prompt_tokens=prompt, completion_tokens=completion)
-
-
-__all__ = ["Attempt", "Dispatcher", "JobRuntime", "chat_messages", "prepare"]

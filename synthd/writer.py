@@ -44,7 +44,6 @@ from synthd.shards import ShardStream, Tail
 log = structlog.get_logger("synthd.writer")
 _T = TypeVar("_T")
 
-STREAMS = ("records", "rejects", "dead")
 # Errors that mean "the disk cannot take this now", not "the program is wrong".
 _BLOCKING_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO}
@@ -125,7 +124,7 @@ class Writer:
         self.unblocked.set()
         self._closing = False
         self._unrotated: set[ShardStream] = set()
-        self.records_written = 0
+        self.records_written = 0  # since start, after de-duplication
 
     # -- start-up --------------------------------------------------------
 
@@ -276,7 +275,7 @@ class Writer:
                 where = getattr(e, "filename", None) or self.config.paths.out
                 raise OutputBlocked(str(where), str(e)) from e
             raise
-        self.records_written += sum(c for (_, k), (_, c) in data.items() if k == "records")
+        self.records_written += sum(o.records_written for o in outcomes)
         # The batch is committed: nothing below may fail it, or it would be written twice.
         self._unrotated.update(s for s in touched if s.full)
         with contextlib.suppress(OutputBlocked):  # retried, blocked, by the loop side

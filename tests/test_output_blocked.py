@@ -20,8 +20,8 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +90,21 @@ async def wait_blocked(work: Workdir, proc: asyncio.subprocess.Process) -> None:
     assert proc.returncode is None, (work.path / "daemon.log").read_text()[-3000:]
 
 
-async def spawn(work: Workdir, preexec: Callable[[], None]) -> asyncio.subprocess.Process:
+@asynccontextmanager
+async def spawned(
+    work: Workdir, preexec: Callable[[], None]
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The daemon as a subprocess; killed on the way out if a check failed first."""
     with open_log(work) as log:
-        return await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             *RUN, cwd=work.path, stdout=log, stderr=log, preexec_fn=preexec
         )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def assert_sending_paused(sim: RunningSim) -> int:
@@ -126,8 +136,7 @@ async def test_file_size_limit_efbig_blocks_then_resumes(work: Workdir) -> None:
         write_config(work, sim, input='"lines"')
         big_topics(spool, 32_000)
         drop_good(spool)
-        proc = await spawn(work, limited)
-        try:
+        async with spawned(work, limited) as proc:
             await wait_blocked(work, proc)
             await assert_sending_paused(sim)
             await asyncio.sleep(1.0)  # past the writer's 2 s retry: still one log line
@@ -139,10 +148,6 @@ async def test_file_size_limit_efbig_blocks_then_resumes(work: Workdir) -> None:
                 (resource.RLIM_INFINITY, resource.RLIM_INFINITY),
             )
             assert await asyncio.wait_for(proc.wait(), 30) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         requests = sim.stats()["requests"]
     (blocked,) = daemon_events(work, "output_blocked")
     assert "File too large" in blocked["error"]
@@ -161,17 +166,14 @@ async def test_read_only_output_folder_blocks_then_resumes(work: Workdir) -> Non
         write_config(work, sim, input='"lines"')
         big_topics(spool, 200)
         drop_good(spool)
-        proc = await spawn(work, without_dac_override)
-        try:
-            await wait_blocked(work, proc)
-            await assert_sending_paused(sim)
-            out.chmod(0o755)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
-        finally:
-            out.chmod(0o755)
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        async with spawned(work, without_dac_override) as proc:
+            try:
+                await wait_blocked(work, proc)
+                await assert_sending_paused(sim)
+                out.chmod(0o755)
+                assert await asyncio.wait_for(proc.wait(), 30) == 0
+            finally:
+                out.chmod(0o755)
         requests = sim.stats()["requests"]
     (blocked,) = daemon_events(work, "output_blocked")
     assert "Permission denied" in blocked["error"]
@@ -189,20 +191,17 @@ async def test_output_folder_made_read_only_mid_run_blocks_then_resumes(work: Wo
         write_config(work, sim, input='"lines"', **{"output.shard_max_records": 20})
         big_topics(spool, 200)
         drop_good(spool)
-        proc = await spawn(work, without_dac_override)
-        try:
-            # A shard open and not full: its rename to the final name will be refused.
-            await wait_until(lambda: bool(list(out.glob("*.jsonl.part"))), 20)
-            out.chmod(0o555)
-            await wait_blocked(work, proc)
-            await assert_sending_paused(sim)
-            out.chmod(0o755)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
-        finally:
-            out.chmod(0o755)
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        async with spawned(work, without_dac_override) as proc:
+            try:
+                # A shard open and not full: its rename to the final name will be refused.
+                await wait_until(lambda: bool(list(out.glob("*.jsonl.part"))), 20)
+                out.chmod(0o555)
+                await wait_blocked(work, proc)
+                await assert_sending_paused(sim)
+                out.chmod(0o755)
+                assert await asyncio.wait_for(proc.wait(), 30) == 0
+            finally:
+                out.chmod(0o755)
         requests = sim.stats()["requests"]
     assert len(daemon_events(work, "output_resumed")) == 1
     assert_all_once(work, requests)
@@ -263,21 +262,16 @@ async def test_second_signal_while_blocked_exits_and_a_restart_finishes_once(
         write_config(work, sim, input='"lines"')
         big_topics(spool, 32_000)
         drop_good(spool)
-        proc = await spawn(work, limited)
-        try:
+        async with spawned(work, limited) as proc:
             await wait_blocked(work, proc)
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 15) == 1
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         assert daemon_events(work, "exit_while_blocked")
         for shard in (work.path / "out" / "q").glob("*.jsonl*"):
             assert shard.read_bytes().endswith(b"\n")
-        again = await spawn(work, lambda: None)
-        assert await asyncio.wait_for(again.wait(), 60) == 0
+        async with spawned(work, lambda: None) as again:
+            assert await asyncio.wait_for(again.wait(), 60) == 0
     per_item = Counter((r["source"]["file"], r["source"]["seq"]) for r in work.lines("q"))
     assert per_item == {("big.txt", i): 1 for i in range(ITEMS)} | {(n, 0): 1 for n in GOOD}
