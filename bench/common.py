@@ -36,8 +36,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
+    """Resident set size now, in MB (10^6 bytes, like every figure we print)."""
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE / 1e6
+
+
+def peak_rss_mb(usage: Any) -> float:
+    """The peak RSS from ``wait4``'s rusage (``ru_maxrss`` is in KiB on Linux), in MB."""
+    return float(usage.ru_maxrss) * 1024 / 1e6
 
 
 def start_sim(extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -156,7 +162,7 @@ class Workdir:
             exec_at,
             wall,
             usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss / 1024,
+            peak_rss_mb(usage),
             proc.returncode,
             events,
         )

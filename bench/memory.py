@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import Workdir, contexts, emit, rss_mb, sim_stats, start_sim, stop
+from common import Workdir, contexts, emit, peak_rss_mb, rss_mb, sim_stats, start_sim, stop
 
 
 def main() -> int:
@@ -72,7 +72,7 @@ def main() -> int:
                 "wall_s": round(wall, 1),
                 "requests_per_s": round(served / wall, 1),
                 "cpu_us_per_request": round(1e6 * (usage.ru_utime + usage.ru_stime) / served, 1),
-                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+                "peak_rss_mb": round(peak_rss_mb(usage), 1),
                 "rss_curve": curve,
                 "highest_sample": {
                     "rss_mb": round(highest[0], 1),

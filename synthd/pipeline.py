@@ -17,10 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import structlog
 
-from synthd import records
+from synthd import jsonbytes, records
 from synthd.budget import Budget, token_estimate
 from synthd.client import Client
 from synthd.config import Job, ProviderConfig
@@ -104,7 +103,7 @@ def prepare(rt: JobRuntime, item: WorkItem) -> Attempt | Outcome:
         )
     body = request_body(cfg.api, cfg.model, text, job.system, rt.params)
     prompt = body["messages"] if cfg.api == "chat" else body["prompt"]
-    return Attempt(rt, item, orjson.dumps(body), prompt, len(text) + overhead, reserved, context)
+    return Attempt(rt, item, jsonbytes.dumps(body), prompt, len(text) + overhead, reserved, context)
 
 
 def _truncated_context(rt: JobRuntime, item: WorkItem, token_room: int) -> str:

@@ -96,7 +96,7 @@ class ShardStream:
         with open(path, "rb") as f:
             self.records = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
-    def append(self, data: bytes, count: int) -> None:
+    def append(self, data: bytes | bytearray, count: int) -> None:
         """Write ``count`` newline-terminated lines. On error nothing is left behind."""
         if self._fd is None:
             self._open(self.folder / (shard_name(self.prefix, self._next_number()) + _PART))

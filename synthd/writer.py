@@ -27,6 +27,7 @@ import contextlib
 import errno
 import os
 import sqlite3
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 
-from synthd import spool
+from synthd import jsonbytes, spool
 from synthd.checkpoint import Checkpoint, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
@@ -87,10 +88,6 @@ class SourceEnd:
 
     source_id: int
     total: int
-
-
-def encode(obj: dict[str, Any]) -> bytes:
-    return orjson.dumps(obj)
 
 
 class Writer:
@@ -293,8 +290,15 @@ class Writer:
 
     def _encode(
         self, tx: Transaction, outcomes: list[Outcome]
-    ) -> dict[tuple[str, str], tuple[bytes, int]]:
-        chunks: dict[tuple[str, str], list[bytes]] = {}
+    ) -> dict[tuple[str, str], tuple[bytearray, int]]:
+        # One growing buffer per stream: see jsonbytes for why not a list to join.
+        chunks: defaultdict[tuple[str, str], bytearray] = defaultdict(bytearray)
+        counts: Counter[tuple[str, str]] = Counter()
+
+        def add(key: tuple[str, str], obj: dict[str, Any]) -> None:
+            jsonbytes.append_line(chunks[key], obj)
+            counts[key] += 1
+
         for o in outcomes:
             job = o.source.job
             records = o.lines.get("records", [])
@@ -303,14 +307,14 @@ class Writer:
             o.duplicates = len(records) - o.records_written
             for rec, new in zip(records, fresh, strict=True):
                 if new:
-                    chunks.setdefault((job, "records"), []).append(encode(rec))
+                    add((job, "records"), rec)
                 else:
                     dup = {**rec, "reason": "duplicate", "detail": "same completion seen before"}
-                    chunks.setdefault((job, "rejects"), []).append(encode(dup))
+                    add((job, "rejects"), dup)
             for kind in ("rejects", "dead"):
                 for obj in o.lines.get(kind, ()):
-                    chunks.setdefault((job, kind), []).append(encode(obj))
-        return {k: (b"\n".join(v) + b"\n", len(v)) for k, v in chunks.items()}
+                    add((job, kind), obj)
+        return {k: (buf, counts[k]) for k, buf in chunks.items()}
 
     def _advance(
         self, outcomes: list[Outcome], ends: list[SourceEnd]

@@ -22,9 +22,10 @@ from synthd import config as config_mod
 from synthd.checkpoint import Checkpoint
 from synthd.config import Config, Job
 from synthd.fingerprint import sampling_params
+from synthd.jsonbytes import dumps as encode
 from synthd.models import Accepted, BadLine, Choice, Outcome, Rejection, Reply, Source, WorkItem
 from synthd.records import bad_input, completed, dead_letter
-from synthd.writer import Progress, SourceEnd, Writer, encode
+from synthd.writer import Progress, SourceEnd, Writer
 
 NOW = 1_700_000_000.0
 

@@ -686,7 +686,10 @@ async def running_sim(cfg: SimConfig) -> AsyncIterator[RunningSim]:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, cfg.host, cfg.port)
+        # aiohttp's default backlog of 128 drops SYNs when a client opens 2048
+        # connections at once; the kernel's 1 s, 3 s, 7 s... retransmits then
+        # stall start-up by up to a minute. Real servers (uvicorn) use 2048.
+        site = web.TCPSite(runner, cfg.host, cfg.port, backlog=4096)
         await site.start()
         port = int(runner.addresses[0][1])
         yield RunningSim(cfg.host, port, app)
