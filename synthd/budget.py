@@ -264,7 +264,9 @@ class Budget:
             changed = True
         if changed:
             self._rebuild()
-        elif h.remaining_requests == 0 and self._requests.has_capacity(1):
+        elif (h.remaining_requests == 0 and self._requests.has_capacity(1)) or (
+            h.remaining_tokens == 0 and self._tokens.has_capacity(1)
+        ):
             # The server sees no room; our bucket thinks otherwise. Trust the
             # server: start again from a full bucket, so the next send waits a drip.
             self._rebuild()

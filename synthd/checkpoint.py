@@ -153,10 +153,6 @@ class Checkpoint:
                 "UPDATE sources SET fingerprint = ? WHERE id = ?", (fingerprint, source_id)
             )
 
-    def set_path(self, source_id: int, path: str) -> None:
-        with self.transaction() as tx:
-            tx.db.execute("UPDATE sources SET path = ? WHERE id = ?", (path, source_id))
-
     def end_source(self, source_id: int, status: str, path: str, reason: str | None) -> None:
         with self.transaction() as tx:
             tx.db.execute(

@@ -271,6 +271,15 @@ async def test_remaining_zero_makes_the_next_acquire_wait_a_drip() -> None:
     assert await timed(b.acquire(1)) >= 0.08
 
 
+async def test_no_tokens_remaining_makes_the_next_acquire_wait_a_drip() -> None:
+    b = budget(rpm=60_000, tpm=600, burst_s=1.0)  # 10 tokens per second
+    await b.acquire(1)
+    await asyncio.sleep(0.25)
+    b.observe(RateHeaders(None, None, 500, 0, None, None))
+    assert b.tpm == 600.0
+    assert await timed(b.acquire(1)) >= 0.08
+
+
 async def test_an_acquire_larger_than_the_bucket_is_split() -> None:
     b = budget(rpm=60_000, tpm=60_000, burst_s=0.1)  # buckets of 100 tokens, 1000 per second
     assert b.token_capacity == 100.0
