@@ -4,8 +4,8 @@ Contexts, prompts and records are strings of a few KB, so they live in malloc's
 heap, not Python's small-object arenas. Freed out of order they leave free
 holes between live blocks, and glibc only returns the top of the heap to the
 OS: without help RSS stays at the run's high-water mark. Two glibc calls
-return the holes as well (on a 200,000-line run at 2048 in flight: peak 148
-instead of 158 MB, and a plateau near 115 instead of 158 MB). On another C
+return the holes as well (on a 200,000-line run at 2048 in flight: peak 155
+instead of 165 MB, and a plateau near 115 instead of 158 MB). On another C
 library this module does nothing. (The larger cause of heap growth, orjson's
 oversized results, is handled in ``jsonbytes``.)
 """
