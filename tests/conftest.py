@@ -77,13 +77,13 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workdir]:
     yield Workdir(tmp_path)
 
 
-def simple_job(name: str = "q", **extra: Any) -> str:
+def simple_job(name: str = "q", max_tokens: int = 40, **extra: Any) -> str:
     """A job that keeps every non-empty completion, so counts are exact."""
     lines = [
         f"[jobs.{name}]",
         'prompt = "prompts/questions.txt"',
         'model = "sim-1"',
-        "max_tokens = 40",
+        f"max_tokens = {max_tokens}",
     ]
     filters = {"dedupe": "false"}
     for key, value in extra.items():

@@ -16,7 +16,7 @@ import pytest
 from synthd import config
 from synthd.daemon import Daemon
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, write_provider_config
+from tests.conftest import Workdir, simple_job, write_provider_config
 
 ITEMS = 20
 TIMEOUT_S = 0.5
@@ -33,20 +33,6 @@ FAULTS = {
 }
 
 
-def job(extra: str = "", max_tokens: int = 40) -> str:
-    """A JSONL job keeping every non-empty completion, so records = successful items."""
-    return f"""
-[jobs.q]
-prompt = "prompts/questions.txt"
-model = "sim-1"
-input = "jsonl"
-max_tokens = {max_tokens}
-{extra}
-[jobs.q.filters]
-dedupe = false
-"""
-
-
 def spool_items(work: Workdir, n: int = ITEMS) -> None:
     rows = (orjson.dumps({"text": f"passage {i}: the night shift at the depot"}) for i in range(n))
     (work.spool("q") / "items.jsonl").write_bytes(b"\n".join(rows) + b"\n")
@@ -56,7 +42,7 @@ async def run(
     work: Workdir,
     sim_cfg: SimConfig,
     max_attempts: int,
-    extra: str = "",
+    job_keys: dict[str, Any] | None = None,
     max_tokens: int = 40,
     items: int = ITEMS,
 ) -> tuple[dict[str, Any], Daemon]:
@@ -65,7 +51,8 @@ async def run(
         write_provider_config(
             work,
             sim.base_url,
-            job(extra, max_tokens),
+            # Keeps every non-empty completion, so records = successful items.
+            simple_job(input='"jsonl"', max_tokens=max_tokens, **(job_keys or {})),
             max_attempts=max_attempts,
             request_timeout_s=TIMEOUT_S,
         )
@@ -117,7 +104,9 @@ async def test_persistent_fault_ends_in_the_dead_letter_file(work: Workdir, name
 
 async def test_a_400_is_dead_at_once_without_retry(work: Workdir) -> None:
     # `stop` must be a string or a list of strings; the simulator refuses 5 as OpenAI does.
-    stats, daemon = await run(work, SimConfig(port=0), max_attempts=6, extra="extra = { stop = 5 }")
+    stats, daemon = await run(
+        work, SimConfig(port=0), max_attempts=6, job_keys={"extra": "{ stop = 5 }"}
+    )
     records, rejects, dead = outcomes(work)
     assert (len(records), len(rejects), len(dead)) == (0, 0, ITEMS)
     for line in dead:

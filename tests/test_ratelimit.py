@@ -21,22 +21,14 @@ from synthd.budget import Budget
 from synthd.daemon import Daemon
 from synthd.sim import RunningSim, SimConfig, running_sim
 from synthd.sim.limits import Admission, Limiter
-from tests.conftest import Workdir, write_provider_config
+from tests.conftest import Workdir, simple_job, write_provider_config
 
 CONTEXT = "The council met on Tuesday to vote on the budget for the new river bridge. " * 6
 
 
 def job(max_tokens: int = 40) -> str:
     """A JSONL job keeping every completion, so records = items."""
-    return f"""
-[jobs.q]
-prompt = "prompts/questions.txt"
-model = "sim-1"
-input = "jsonl"
-max_tokens = {max_tokens}
-[jobs.q.filters]
-dedupe = false
-"""
+    return simple_job(input='"jsonl"', max_tokens=max_tokens)
 
 
 def spool_items(work: Workdir, n: int) -> None:

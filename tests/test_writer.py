@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -87,6 +87,21 @@ def claim(config: Config, cp: Checkpoint, job: str, claim_id: str = "c0ffee01") 
     return cp.add_source(job, claim_id, "in.txt", str(path), config.jobs[job].fingerprint)
 
 
+class One(NamedTuple):
+    """Job "one" with a claimed file, its checkpoint and a writer."""
+
+    cp: Checkpoint
+    writer: Writer
+    job: Job
+    src: Source
+
+
+@pytest.fixture
+def one(config: Config, checkpoints: list[Checkpoint]) -> One:
+    cp = open_checkpoint(checkpoints)
+    return One(cp, new_writer(config, cp), config.jobs["one"], claim(config, cp, "one"))
+
+
 def item(src: Source, seq: int) -> WorkItem:
     topic = f"topic {seq}"
     return WorkItem(
@@ -118,11 +133,8 @@ def parts(config: Config, job: str) -> dict[str, Path]:
 # -- committing ------------------------------------------------------------------------
 
 
-def test_outcomes_land_in_their_streams(config: Config, checkpoints: list[Checkpoint]) -> None:
-    cp = open_checkpoint(checkpoints)
-    writer = new_writer(config, cp)
-    job = config.jobs["one"]
-    src = claim(config, cp, "one")
+def test_outcomes_land_in_their_streams(config: Config, one: One) -> None:
+    cp, writer, job, src = one
     writer.track(src, {})
     batch: list[Outcome | SourceEnd] = [
         answered(job, item(src, 0), Accepted("What happened?")),
@@ -159,13 +171,8 @@ def test_outcomes_land_in_their_streams(config: Config, checkpoints: list[Checkp
     assert (active.resume_seq, active.resume_line, active.resume_offset) == (4, 4, 40)
 
 
-def test_a_duplicate_completion_goes_to_rejects(
-    config: Config, checkpoints: list[Checkpoint]
-) -> None:
-    cp = open_checkpoint(checkpoints)
-    writer = new_writer(config, cp)
-    job = config.jobs["one"]
-    src = claim(config, cp, "one")
+def test_a_duplicate_completion_goes_to_rejects(config: Config, one: One) -> None:
+    cp, writer, job, src = one
     writer.track(src, {})
     writer._commit([answered(job, item(src, 0), Accepted("Same question?"))])
     # Again in a later batch, and twice within one batch.
@@ -191,23 +198,15 @@ def test_a_duplicate_completion_goes_to_rejects(
     assert set(cp.done_after(src.id, 0)) == {0, 1, 2, 3}
 
 
-def test_status_counts_only_records_written(config: Config, checkpoints: list[Checkpoint]) -> None:
-    cp = open_checkpoint(checkpoints)
-    writer = new_writer(config, cp)
-    job = config.jobs["one"]
-    src = claim(config, cp, "one")
+def test_status_counts_only_records_written(one: One) -> None:
+    cp, writer, job, src = one
     writer._commit([answered(job, item(src, s), Accepted("Same question?")) for s in (0, 1)])
     assert writer.records_written == 1
     assert cp.counts()[0].records == 1
 
 
-def test_the_resume_point_moves_only_over_contiguous_items(
-    config: Config, checkpoints: list[Checkpoint]
-) -> None:
-    cp = open_checkpoint(checkpoints)
-    writer = new_writer(config, cp)
-    job = config.jobs["one"]
-    src = claim(config, cp, "one")
+def test_the_resume_point_moves_only_over_contiguous_items(one: One) -> None:
+    cp, writer, job, src = one
     progress = writer.track(src, {})
 
     def resume_point() -> tuple[int, int, int]:
@@ -241,11 +240,8 @@ def test_progress_mark() -> None:
     assert p.complete
 
 
-def test_source_end_completes_a_source(config: Config, checkpoints: list[Checkpoint]) -> None:
-    cp = open_checkpoint(checkpoints)
-    writer = new_writer(config, cp)
-    job = config.jobs["one"]
-    src = claim(config, cp, "one")
+def test_source_end_completes_a_source(config: Config, one: One) -> None:
+    cp, writer, job, src = one
     writer.track(src, {})
     work_file = Path(src.path)
     content = work_file.read_bytes()
@@ -265,27 +261,19 @@ def test_source_end_completes_a_source(config: Config, checkpoints: list[Checkpo
     assert src.id not in writer.progress
 
 
-def test_a_finished_source_never_overwrites_one_done_before(
-    config: Config, checkpoints: list[Checkpoint]
-) -> None:
-    cp = open_checkpoint(checkpoints)
-    writer = new_writer(config, cp)
-    job = config.jobs["one"]
+def test_a_finished_source_never_overwrites_one_done_before(config: Config, one: One) -> None:
+    _, writer, job, src = one
     done = config.paths.spool / "one" / "done"
     done.mkdir(parents=True)
     (done / "in.txt").write_text("an earlier file of the same name")
-    src = claim(config, cp, "one")
     writer.track(src, {})
     finished = writer._commit([answered(job, item(src, 0), Accepted("A?")), SourceEnd(src.id, 1)])
     assert finished == [(src, str(done / "in.txt.2"))]
     assert (done / "in.txt").read_text() == "an earlier file of the same name"
 
 
-def test_a_full_shard_gets_its_final_name(config: Config, checkpoints: list[Checkpoint]) -> None:
-    cp = open_checkpoint(checkpoints)
-    writer = new_writer(config, cp)
-    job = config.jobs["one"]  # shard_max_records = 3
-    src = claim(config, cp, "one")
+def test_a_full_shard_gets_its_final_name(config: Config, one: One) -> None:
+    cp, writer, job, src = one  # shard_max_records = 3
     writer._commit([answered(job, item(src, s), Accepted(f"Q{s}?")) for s in range(4)])
     out = config.paths.out / "one"
     # All four went into the open shard; it is full now and renamed whole.
@@ -451,12 +439,9 @@ def test_adopted_items_count_their_records(config: Config, checkpoints: list[Che
 
 
 def test_recovery_with_nothing_to_adopt_resumes_the_open_shard(
-    config: Config, checkpoints: list[Checkpoint]
+    config: Config, checkpoints: list[Checkpoint], one: One
 ) -> None:
-    cp = open_checkpoint(checkpoints)
-    writer = new_writer(config, cp)
-    job = config.jobs["one"]
-    src = claim(config, cp, "one")
+    _, writer, job, src = one
     writer._commit([answered(job, item(src, 0), Accepted("A?"))])
     die(writer)
     fresh = new_writer(config, open_checkpoint(checkpoints))
