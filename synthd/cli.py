@@ -106,12 +106,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from synthd import config, logs
+    from synthd import config, crashpoints, logs
     from synthd.daemon import Daemon
 
     log_file = open(args.log_file, "ab") if args.log_file else None  # noqa: SIM115
     logs.configure(args.log_level, log_file)
     cfg = config.load(args.config)
+    crashpoints.arm(config.crash_at())
     for name, provider in cfg.providers.items():
         key = cfg.api_key(name)
         logs.register_secret(key)

@@ -202,6 +202,11 @@ class Config:
         return os.environ.get(self.providers[provider].api_key_env) or None
 
 
+def crash_at() -> str | None:
+    """The crash point a test armed (``SYNTHD_CRASH_AT``, see ``crashpoints``)."""
+    return os.environ.get("SYNTHD_CRASH_AT") or None
+
+
 # Keys that look like a secret written into the file instead of the environment.
 _SECRET_KEYS = frozenset({"api_key", "apikey", "key", "token", "secret", "authorization"})
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
