@@ -31,7 +31,6 @@ from synthd.config import Config, Job
 from synthd.errors import ConfigError, WriterFailed
 from synthd.feeder import Feeder
 from synthd.filters import FilterChain
-from synthd.fingerprint import sampling_params
 from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source
 from synthd.pipeline import Dispatcher, JobRuntime
@@ -222,8 +221,7 @@ class Daemon:
                 log.warning("reload_skipped_job", job=name, note="new jobs need a restart")
                 continue
             if job.fingerprint != rt.job.fingerprint or job.config != rt.job.config:
-                rt.job, rt.filters = job, _filters(job)
-                rt.params = sampling_params(job.config)
+                rt.reload(job, _filters(job))
                 changed.append(name)
         log.info("reloaded", changed=changed)
 

@@ -38,17 +38,36 @@ log = structlog.get_logger("synthd.pipeline")
 TRUNCATION_MARKER = "\n[... truncated ...]"
 
 
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """A job as it stood when an item was prepared: what its request and record use.
+
+    A reload swaps the runtime's snapshot; an item already rendered keeps its own,
+    so its api, template, params, filters and fingerprint all come from one job.
+    """
+
+    job: Job
+    filters: FilterChain
+    params: dict[str, Any]
+
+
 class JobRuntime:
     """A job's compiled parts and live counters."""
 
-    __slots__ = ("dispatcher", "filters", "job", "params", "stats")
+    __slots__ = ("dispatcher", "snapshot", "stats")
 
     def __init__(self, job: Job, filters: FilterChain, dispatcher: Dispatcher) -> None:
-        self.job = job
-        self.filters = filters
         self.dispatcher = dispatcher
-        self.params = sampling_params(job.config)
+        self.snapshot = JobSnapshot(job, filters, sampling_params(job.config))
         self.stats = JobStats()
+
+    def reload(self, job: Job, filters: FilterChain) -> None:
+        """Items prepared from now on use ``job``; those already prepared keep theirs."""
+        self.snapshot = JobSnapshot(job, filters, sampling_params(job.config))
+
+    @property
+    def job(self) -> Job:
+        return self.snapshot.job
 
 
 @dataclass(slots=True)
@@ -56,6 +75,7 @@ class Attempt:
     """An item on its way: the request as it will be sent, and its history."""
 
     rt: JobRuntime
+    snap: JobSnapshot  # the job as it was when this item was rendered
     item: WorkItem
     body: bytes
     prompt: Any  # the messages or prompt text, as recorded
@@ -67,7 +87,8 @@ class Attempt:
 
 def prepare(rt: JobRuntime, item: WorkItem) -> Attempt | Outcome:
     """Render an item. Items that cannot be sent become outcomes at once."""
-    job, cfg = rt.job, rt.job.config
+    snap = rt.snapshot
+    job, cfg = snap.job, snap.job.config
     budget = rt.dispatcher.budget
     try:
         text = job.template.render(item.fields)
@@ -82,7 +103,7 @@ def prepare(rt: JobRuntime, item: WorkItem) -> Attempt | Outcome:
             return _unsendable(
                 rt, item, "prompt_too_long", f"about {prompt_tokens} tokens > {limit}"
             )
-        context = _truncated_context(rt, item, limit - budget.calibration.estimate(overhead))
+        context = _truncated_context(job, rt, item, limit - budget.calibration.estimate(overhead))
         text = job.template.render({**item.fields, "context": context})
         log.warning(
             "prompt_truncated",
@@ -101,15 +122,16 @@ def prepare(rt: JobRuntime, item: WorkItem) -> Attempt | Outcome:
             "too_large_for_budget",
             f"about {reserved} tokens per request > tpm {budget.tpm:g}",
         )
-    body = request_body(cfg.api, cfg.model, text, job.system, rt.params)
+    body = request_body(cfg.api, cfg.model, text, job.system, snap.params)
     prompt = body["messages"] if cfg.api == "chat" else body["prompt"]
-    return Attempt(rt, item, jsonbytes.dumps(body), prompt, len(text) + overhead, reserved, context)
+    body_bytes = jsonbytes.dumps(body)
+    return Attempt(rt, snap, item, body_bytes, prompt, len(text) + overhead, reserved, context)
 
 
-def _truncated_context(rt: JobRuntime, item: WorkItem, token_room: int) -> str:
+def _truncated_context(job: Job, rt: JobRuntime, item: WorkItem, token_room: int) -> str:
     """The context cut so the whole prompt fits, with a marker that says so."""
     cpt = rt.dispatcher.budget.calibration.chars_per_token
-    frame = len(rt.job.template.render({**item.fields, "context": ""}))
+    frame = len(job.template.render({**item.fields, "context": ""}))
     room = max(0, int(token_room * cpt) - frame - len(TRUNCATION_MARKER))
     return item.fields["context"][:room] + TRUNCATION_MARKER
 
@@ -197,7 +219,7 @@ class Dispatcher:
         started = loop.time()
         self.stats.in_flight += 1
         try:
-            reply, rate = await self.client.complete(a.rt.job.config.api, a.body)
+            reply, rate = await self.client.complete(a.snap.job.config.api, a.body)
         except ProviderError as e:
             self._failed(a, e)
             return
@@ -212,9 +234,9 @@ class Dispatcher:
         if not reply.usage_reported:
             reply = _with_estimated_usage(a, reply, self.budget)
         self._account(a, reply.prompt_tokens, reply.completion_tokens, reply.usage_reported)
-        results = [a.rt.filters.apply(c.text, c.finish_reason) for c in reply.choices]
+        results = [a.snap.filters.apply(c.text, c.finish_reason) for c in reply.choices]
         outcome = records.completed(
-            a.rt.job, a.item, a.prompt, a.rt.params, reply, results, time.time(), a.context
+            a.snap.job, a.item, a.prompt, a.snap.params, reply, results, time.time(), a.context
         )
         for r in results:
             if isinstance(r, Rejection):
@@ -228,7 +250,7 @@ class Dispatcher:
         if not reported:
             return
         self.budget.calibration.learn(a.prompt_chars, prompt)
-        cfg = a.rt.job.config
+        cfg = a.snap.job.config
         if self.cfg.tpm_counts == "used":
             actual = prompt + completion
         else:
@@ -273,7 +295,7 @@ class Dispatcher:
             error=error,
         )
         self.writer.submit(
-            records.dead_letter(a.rt.job, item, error, kind, a.attempts, time.time())
+            records.dead_letter(a.snap.job, item, error, kind, a.attempts, time.time())
         )
 
     def _retry_later(self, a: Attempt, delay: float) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Workdir, sim_process, simple_job
+from synthd import config as config_mod
+from tests.conftest import Workdir, sim_process, simple_job, write_provider_config
 
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml"]
 
@@ -206,3 +207,55 @@ def test_restart_resumes_file_from_its_checkpoint(work: Workdir, sim_url: str) -
     assert stats["requests"] <= 4000 - done_before + 64 * 2  # at most what was in flight
     assert len(work.lines("q")) == 4000
     assert Path(work.spool("q") / "done" / "t.txt").exists()
+
+
+def test_sighup_applies_only_to_items_prepared_after_it(work: Workdir) -> None:
+    """Items already rendered keep the api, template, params and fingerprint they were
+    prepared with; only items prepared after the reload get the new ones."""
+    (work.path / "prompts" / "old.txt").write_text("OLD asks about {{context}}")
+    (work.path / "prompts" / "new.txt").write_text("NEW asks about {{context}}")
+    with sim_process("--latency-ms", "150") as url:
+        old_job = simple_job("q", input='"lines"').replace("questions.txt", "old.txt")
+        cfg = write_provider_config(work, url, old_job, max_in_flight=2)
+        old_fp = config_mod.load(cfg).jobs["q"].fingerprint
+        new_job = simple_job("q", input='"lines"', api='"completions"', samples=2)
+        new_job = new_job.replace("questions.txt", "new.txt")
+        write_provider_config(work, url, new_job, max_in_flight=2)
+        new_fp = config_mod.load(cfg).jobs["q"].fingerprint
+        write_provider_config(work, url, old_job, max_in_flight=2)
+        spool = work.spool("q")
+        (spool / "first.txt").write_text("\n".join(f"topic {i}" for i in range(40)))
+        proc = start(work)
+        try:
+            # The first record is out: every item of first.txt is rendered and queued.
+            deadline = time.monotonic() + 20
+            while not work.lines("q") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            write_provider_config(work, url, new_job, max_in_flight=2)
+            proc.send_signal(signal.SIGHUP)
+            assert wait_for_event(work, "reloaded")["changed"] == ["q"]
+            (spool / "second.txt").write_text("\n".join(f"later {i}" for i in range(6)))
+            deadline = time.monotonic() + 40
+            while len(work.lines("q")) < 40 + 12 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    assert not work.lines("q", "dead") and not work.lines("q", "rejects")
+    records = work.lines("q")
+    per_item: Counter[tuple[str, int]] = Counter()
+    for r in records:
+        per_item[(r["source"]["file"], r["source"]["seq"])] += 1
+        if r["fingerprint"] == old_fp:
+            assert r["params"]["n"] == 1
+            assert r["messages"][-1]["content"].startswith("OLD asks") and "prompt" not in r
+        else:
+            assert r["fingerprint"] == new_fp, r
+            assert r["params"]["n"] == 2
+            assert r["prompt"].startswith("NEW asks") and "messages" not in r
+    assert {f for (f, _), n in per_item.items() if n == 1} >= {"first.txt"}
+    assert all(n == 2 for (f, _), n in per_item.items() if f == "second.txt")
+    assert len([k for k in per_item if k[0] == "first.txt"]) == 40
+    assert len([k for k in per_item if k[0] == "second.txt"]) == 6
+    # The reload landed while most of first.txt was still queued: those kept the old job.
+    assert sum(1 for r in records if r["source"]["file"] == "first.txt") == 40
