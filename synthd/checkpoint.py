@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,15 +102,22 @@ class Checkpoint:
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        """One atomic unit: committed on normal exit, rolled back on error."""
+        """One atomic unit: committed on normal exit, rolled back on error.
+
+        A failed COMMIT is rolled back too: SQLite undoes some failures itself
+        (a full disk) but not all (a busy lock), and a connection left inside a
+        transaction would refuse every later BEGIN, long after the disk recovered.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield Transaction(self._db)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):  # the first error is the one to report
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     # -- sources ---------------------------------------------------------
 

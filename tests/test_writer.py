@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +23,7 @@ from structlog.testing import capture_logs
 from synthd import config as config_mod
 from synthd.checkpoint import Checkpoint
 from synthd.config import Config, Job
+from synthd.errors import OutputBlocked
 from synthd.fingerprint import sampling_params
 from synthd.jsonbytes import dumps as encode
 from synthd.models import Accepted, BadLine, Choice, Outcome, Rejection, Reply, Source, WorkItem
@@ -311,6 +314,46 @@ async def test_run_commits_submitted_outcomes_and_reports_them(
     await asyncio.wait_for(task, 5)
     writer.close_files()
     assert (config.paths.out / "one" / "one-000001.jsonl").exists()
+
+
+# -- failed commits --------------------------------------------------------------------
+
+
+@contextmanager
+def disk_full_past(nbytes: int) -> Iterator[None]:
+    """This process's writes past ``nbytes`` into any file fail with EFBIG, as on a full
+    disk (Python ignores SIGXFSZ). Only the soft limit moves, so it can be raised back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def fail_commit(writer: Writer, batch: list[Outcome | SourceEnd]) -> None:
+    """Commit a batch while the checkpoint's WAL cannot grow: the COMMIT itself fails.
+
+    The shard lines (a few hundred bytes) still fit below the limit.
+    """
+    wal = Path("state") / "checkpoint.db-wal"
+    with disk_full_past(wal.stat().st_size), pytest.raises(OutputBlocked):
+        writer._commit(batch)
+
+
+def test_a_failed_commit_is_rolled_back_and_the_writer_goes_on(config: Config, one: One) -> None:
+    cp, writer, job, src = one
+    writer.track(src, {})
+    first = answered(job, item(src, 0), Accepted("A?"))
+    fail_commit(writer, [first])
+    part = parts(config, "one")["records"]
+    assert part.read_bytes() == b"", "the failed batch is cut back out of the shard"
+    # The disk has room again: the same batch commits, and claims work too.
+    writer._commit([first])
+    assert [r["completion"] for r in lines(part)] == ["A?"]
+    assert cp.committed_offset(str(part)) == part.stat().st_size
+    claim(config, cp, "two", "c0ffee02")
+    assert [s.claim for s in cp.active_sources("two")] == ["c0ffee02"]
 
 
 # -- crash recovery --------------------------------------------------------------------
