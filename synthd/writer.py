@@ -77,6 +77,14 @@ class Progress:
             moved = True
         return moved
 
+    def copy(self) -> Progress:
+        return Progress(self.source, self.seq, self.line, self.offset, dict(self.done), self.total)
+
+    def restore(self, saved: Progress) -> None:
+        """Undo marks whose commit failed, so the retry moves the resume point again."""
+        self.seq, self.line, self.offset = saved.seq, saved.line, saved.offset
+        self.done, self.total = saved.done, saved.total
+
     @property
     def complete(self) -> bool:
         return self.total is not None and self.seq >= self.total
@@ -251,6 +259,8 @@ class Writer:
         outcomes = [o for o in batch if isinstance(o, Outcome)]
         ends = [e for e in batch if isinstance(e, SourceEnd)]
         touched: dict[ShardStream, tuple[int, int]] = {}
+        sids = {o.source.id for o in outcomes} | {e.source_id for e in ends}
+        before = [(p, p.copy()) for sid in sids if (p := self.progress.get(sid)) is not None]
         try:
             with self.cp.transaction() as tx:
                 data = self._encode(tx, outcomes)
@@ -264,8 +274,10 @@ class Writer:
                 tx.resume_points(self._advance(outcomes, ends))
                 tx.offsets({s.part_path: s.offset for s in touched if s.part_path})
         except (OSError, sqlite3.Error) as e:
-            for stream, before in touched.items():
-                stream.truncate_to(before)
+            for stream, mark in touched.items():
+                stream.truncate_to(mark)
+            for p, saved in before:
+                p.restore(saved)
             if isinstance(e, sqlite3.OperationalError) or (
                 isinstance(e, OSError) and e.errno in _BLOCKING_ERRNOS
             ):

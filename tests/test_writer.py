@@ -356,6 +356,16 @@ def test_a_failed_commit_is_rolled_back_and_the_writer_goes_on(config: Config, o
     assert [s.claim for s in cp.active_sources("two")] == ["c0ffee02"]
 
 
+def test_a_retried_commit_saves_the_resume_point(one: One) -> None:
+    cp, writer, job, src = one
+    writer.track(src, {})
+    batch: list[Outcome | SourceEnd] = [answered(job, item(src, 0), Accepted("A?"))]
+    fail_commit(writer, batch)
+    writer._commit(batch)
+    (active,) = cp.active_sources("one")
+    assert (active.resume_seq, active.resume_line, active.resume_offset) == (1, 1, 10)
+
+
 # -- crash recovery --------------------------------------------------------------------
 
 
