@@ -11,7 +11,10 @@ the last committed offset (see ``synthd.writer``).
 Tables:
   sources  one row per claimed spool file: where its unfinished work starts
   items    one row per finished item (record, rejected, dead, bad_input)
-  streams  per ``.part`` shard, the byte offset the checkpoint vouches for
+  shards   per shard (job, stream, number), the byte offset the checkpoint vouches
+           for; the highest number is the stream's counter, so none is reused
+  streams  the same keyed by path, as earlier versions kept it: read only to
+           recover a ``.part`` left by them
   seen     de-duplication digests per job
 
 Every method blocks; the daemon calls them from a thread. A lock serializes
@@ -30,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from synthd.models import Outcome, Source
+
+ShardKey = tuple[str, str, int]  # (job, stream, number): a shard, wherever it lives now
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -61,6 +66,13 @@ CREATE TABLE IF NOT EXISTS items (
   PRIMARY KEY (source_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS streams (path TEXT PRIMARY KEY, committed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (
+  job TEXT NOT NULL,
+  stream TEXT NOT NULL,             -- records | rejects | dead
+  number INTEGER NOT NULL,
+  committed INTEGER NOT NULL,
+  PRIMARY KEY (job, stream, number)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (
   job TEXT NOT NULL, digest INTEGER NOT NULL, PRIMARY KEY (job, digest)
 ) WITHOUT ROWID;
@@ -187,12 +199,33 @@ class Checkpoint:
 
     # -- streams ---------------------------------------------------------
 
-    def committed_offset(self, path: str) -> int:
+    def shard_offset(self, key: ShardKey, legacy_path: str | None = None) -> int:
+        """The offset the checkpoint vouches for in shard ``key``; 0 if none.
+
+        ``legacy_path``: where an older version would have kept it, used only
+        while this stream has no shard rows yet (the first start after upgrading).
+        """
+        job, stream, _ = key
         with self._lock:
             row = self._db.execute(
-                "SELECT committed FROM streams WHERE path = ?", (path,)
+                "SELECT committed FROM shards WHERE job = ? AND stream = ? AND number = ?", key
             ).fetchone()
+            if row is None and legacy_path is not None and not self._last_shard(job, stream):
+                row = self._db.execute(
+                    "SELECT committed FROM streams WHERE path = ?", (legacy_path,)
+                ).fetchone()
         return int(row[0]) if row else 0
+
+    def last_shard(self, job: str, stream: str) -> int:
+        """The highest shard number this stream has committed to: the next is above."""
+        with self._lock:
+            return self._last_shard(job, stream)
+
+    def _last_shard(self, job: str, stream: str) -> int:
+        row = self._db.execute(
+            "SELECT max(number) FROM shards WHERE job = ? AND stream = ?", (job, stream)
+        ).fetchone()
+        return int(row[0] or 0)
 
     # -- reading for status ---------------------------------------------
 
@@ -276,9 +309,9 @@ class Transaction:
             [(seq, line, off, sid) for sid, (seq, line, off) in points.items()],
         )
 
-    def offsets(self, offsets: dict[str, int]) -> None:
+    def shard_offsets(self, offsets: dict[ShardKey, int]) -> None:
         self.db.executemany(
-            "INSERT INTO streams (path, committed) VALUES (?, ?)"
-            " ON CONFLICT (path) DO UPDATE SET committed = excluded.committed",
-            list(offsets.items()),
+            "INSERT INTO shards (job, stream, number, committed) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (job, stream, number) DO UPDATE SET committed = excluded.committed",
+            [(*key, committed) for key, committed in offsets.items()],
         )

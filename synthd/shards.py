@@ -9,6 +9,11 @@ only the ``.part`` file can have a torn tail.
 Blocking I/O; only the writer's thread calls it. Durability across a crash is
 the writer's business: it fsyncs, then checkpoints the offset it reached, and
 at start-up hands each ``.part`` file's uncheckpointed tail to recovery.
+
+A shard's identity is its stream and its number, never its path: a number is
+never reused (the writer persists the highest one in the checkpoint; closed
+shards may be moved or deleted by their consumers), and the folder may be
+spelled differently from one start to the next.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class Tail:
     """The complete lines of a ``.part`` file after its checkpointed offset."""
 
     path: str
+    number: int
     start: int
     lines: list[bytes]
 
@@ -39,13 +45,16 @@ class ShardStream:
     """One stream of shards in ``folder``. Not thread-safe: one writer only."""
 
     def __init__(self, folder: Path, prefix: str, max_records: int, max_bytes: int) -> None:
-        self.folder = folder
+        self._given = folder  # as the config spells it
+        self.folder = folder.resolve()
         self.prefix = prefix
         self.max_records = max_records
         self.max_bytes = max_bytes
         self._pattern = re.compile(re.escape(prefix) + r"-(\d{6})\.jsonl(\.part)?$")
         self._fd: int | None = None
         self._path: Path | None = None
+        self.number: int | None = None  # of the open shard
+        self.last_number = 0  # the highest number ever used: the next is above it
         self.offset = 0
         self.records = 0
         self._dirty = False
@@ -62,33 +71,38 @@ class ShardStream:
             p for p in self.folder.iterdir() if (m := self._pattern.match(p.name)) and m.group(2)
         )
 
-    def recover(self, path: Path, committed: int) -> Tail:
-        """Cut a torn last line and return the complete lines past ``committed``.
+    def parts_with_legacy_paths(self) -> list[tuple[Path, str]]:
+        """``parts()``, each with the path an earlier version keyed its offset by."""
+        return [(p, str(self._given / p.name)) for p in self.parts()]
 
-        A line is complete when it ends in a newline; anything after the last
-        newline is a write that a crash interrupted, so it is truncated away.
-        """
+    def number_of(self, path: Path) -> int:
+        m = self._pattern.match(path.name)
+        assert m is not None, path
+        return int(m.group(1))
+
+    def recover(self, path: Path, committed: int) -> Tail:
+        """Return the complete lines past ``committed``; a torn last line is left
+        for ``cut`` (a line is complete when it ends in a newline)."""
         size = path.stat().st_size
         start = min(committed, size)
-        with open(path, "r+b") as f:
+        with open(path, "rb") as f:
             f.seek(start)
             tail = f.read()
-            cut = tail.rfind(b"\n") + 1
-            if cut < len(tail):
-                f.truncate(start + cut)
-                f.flush()
-                os.fsync(f.fileno())
-        return Tail(str(path), start, tail[:cut].splitlines())
+        end = tail.rfind(b"\n") + 1
+        return Tail(str(path), self.number_of(path), start, tail[:end].splitlines())
 
-    def rewrite_tail(self, tail: Tail, keep: list[bytes]) -> None:
-        """Replace a recovered tail with only the lines worth keeping."""
-        with open(tail.path, "r+b") as f:
-            f.truncate(tail.start)
-            f.seek(tail.start)
-            if keep:
-                f.write(b"\n".join(keep) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+    @staticmethod
+    def cut(path: str, size: int) -> None:
+        """Truncate a ``.part`` file to ``size`` and make that durable.
+
+        Recovery only ever truncates, never rewrites: a crash during the cut
+        leaves the file either as it was or cut, and the next recovery decides
+        the same way again.
+        """
+        with open(path, "r+b") as f:
+            if os.fstat(f.fileno()).st_size > size:
+                f.truncate(size)
+                os.fsync(f.fileno())
 
     def resume(self, path: Path) -> None:
         """Continue appending to an existing ``.part`` file (after recovery)."""
@@ -144,7 +158,7 @@ class ShardStream:
         # Rename before closing: if the rename fails, the shard stays open and whole.
         os.rename(self._path, final)
         os.close(self._fd)
-        self._fd, self._path, self.offset, self.records = None, None, 0, 0
+        self._fd, self._path, self.number, self.offset, self.records = None, None, None, 0, 0
         with contextlib.suppress(OSError):  # the rename is done; the dir fsync is a bonus
             _fsync_dir(self.folder)
         return final
@@ -153,6 +167,8 @@ class ShardStream:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._path = path
+        self.number = self.number_of(path)
+        self.last_number = max(self.last_number, self.number)
         self.offset = os.fstat(self._fd).st_size
         self.records = 0
         _fsync_dir(self.folder)
@@ -162,7 +178,7 @@ class ShardStream:
         numbers = [
             int(m.group(1)) for p in self.folder.iterdir() if (m := self._pattern.match(p.name))
         ]
-        return max(numbers, default=0) + 1
+        return max([self.last_number, *numbers]) + 1
 
 
 def _fsync_dir(folder: Path) -> None:

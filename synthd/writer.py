@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 
-from synthd import jsonbytes, spool
+from synthd import crashpoints, jsonbytes, spool
 from synthd.checkpoint import Checkpoint, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
@@ -119,6 +119,7 @@ class Writer:
                 "rejects": ShardStream(out / "rejects", "rejects", 1_000_000, o.shard_max_bytes),
                 "dead": ShardStream(out / "dead-letter", "dead", 1_000_000, o.shard_max_bytes),
             }
+        self._key = {s: (job, kind) for job, ss in self.streams.items() for kind, s in ss.items()}
         self.progress: dict[int, Progress] = {}
         self._pending: list[Outcome | SourceEnd] = []
         self._wake = asyncio.Event()
@@ -142,8 +143,11 @@ class Writer:
         for job, streams in self.streams.items():
             tails: dict[str, list[Tail]] = {}
             for kind, stream in streams.items():
-                parts = stream.parts()
-                tails[kind] = [stream.recover(p, self.cp.committed_offset(str(p))) for p in parts]
+                stream.last_number = max(stream.last_number, self.cp.last_shard(job, kind))
+                tails[kind] = [
+                    stream.recover(p, self.cp.shard_offset((job, kind, stream.number_of(p)), old))
+                    for p, old in stream.parts_with_legacy_paths()
+                ]
             adopted += self._adopt(job, tails)
             for stream in streams.values():
                 parts = stream.parts()
@@ -154,29 +158,51 @@ class Writer:
         return adopted
 
     def _adopt(self, job: str, tails: dict[str, list[Tail]]) -> int:
+        """Adopt the complete items past the committed offsets; cut the rest.
+
+        Only truncation, never a rewrite: each tail is cut at its first line
+        that is not kept, and an item with a line past any cut is not kept
+        either (it is redone), until that settles.
+        """
+        keyed: list[tuple[str, Tail, list[tuple[str, int] | None]]] = []
         lines_of: dict[tuple[str, int], list[tuple[str, dict[str, Any], bytes]]] = {}
         for kind, kind_tails in tails.items():
             for tail in kind_tails:
+                keys: list[tuple[str, int] | None] = []
                 for raw in tail.lines:
                     try:
                         obj = orjson.loads(raw)
                         key = (obj["source"]["claim"], int(obj["source"]["seq"]))
                     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                        continue  # not ours or garbage: cut below
+                        keys.append(None)  # not ours or garbage: cut below
+                        continue
+                    keys.append(key)
                     lines_of.setdefault(key, []).append((kind, obj, raw))
+                keyed.append((kind, tail, keys))
         ids = self.cp.claim_ids(c for c, _ in lines_of)
-        complete = {k: v for k, v in lines_of.items() if k[0] in ids and _complete(v)}
-        outcomes = [_outcome_from_lines(ids[k[0]], job, k[1], v) for k, v in complete.items()]
-        keep = {raw for lines in complete.values() for _, _, raw in lines}
+        keep = {k for k, v in lines_of.items() if k[0] in ids and _complete(v)}
+        cut_at: dict[str, int] = {}
+        while True:
+            dropped: set[tuple[str, int]] = set()
+            for _, tail, keys in keyed:
+                first = next((i for i, k in enumerate(keys) if k not in keep), len(keys))
+                cut_at[tail.path] = first
+                dropped.update(k for k in keys[first:] if k in keep)
+            if not dropped:
+                break
+            keep -= dropped
+        outcomes = [_outcome_from_lines(ids[k[0]], job, k[1], lines_of[k]) for k in keep]
         with self.cp.transaction() as tx:
-            for kind, kind_tails in tails.items():
-                for tail in kind_tails:
-                    kept = [raw for raw in tail.lines if raw in keep]
-                    if len(kept) != len(tail.lines):
-                        self.streams[job][kind].rewrite_tail(tail, kept)
-                    tx.offsets({tail.path: os.path.getsize(tail.path)})
+            for kind, tail, _ in keyed:
+                size = tail.start + sum(len(raw) + 1 for raw in tail.lines[: cut_at[tail.path]])
+                if tail.lines or size != os.path.getsize(tail.path):
+                    crashpoints.hit("recovery_cut")  # a tail to settle: cut, adopt or both
+                    ShardStream.cut(tail.path, size)
+                tx.shard_offsets({(job, kind, tail.number): size})
             tx.record(outcomes)
             tx.dedupe(job, [d for o in outcomes for d in o.digests])
+        if any(tail.lines for _, tail, _ in keyed):
+            crashpoints.hit("recovery_adopted")
         for o in outcomes:
             log.info("record_adopted", job=job, claim=o.source.claim, seq=o.seq)
         return len(outcomes)
@@ -268,11 +294,15 @@ class Writer:
                     stream = self.streams[job][kind]
                     touched.setdefault(stream, stream.mark())
                     stream.append(chunk, count)
+                crashpoints.hit("shard_appended")
                 for stream in touched:
                     stream.sync()
+                crashpoints.hit("shard_fsynced")
                 tx.record(outcomes)
                 tx.resume_points(self._advance(outcomes, ends))
-                tx.offsets({s.part_path: s.offset for s in touched if s.part_path})
+                tx.shard_offsets(
+                    {(*self._key[s], s.number): s.offset for s in touched if s.number is not None}
+                )
         except (OSError, sqlite3.Error) as e:
             for stream, mark in touched.items():
                 stream.truncate_to(mark)
@@ -284,6 +314,7 @@ class Writer:
                 where = getattr(e, "filename", None) or self.config.paths.out
                 raise OutputBlocked(str(where), str(e)) from e
             raise
+        crashpoints.hit("checkpoint_committed")
         self.records_written += sum(o.records_written for o in outcomes)
         # The batch is committed: nothing below may fail it, or it would be written twice.
         self._unrotated.update(s for s in touched if s.full)
@@ -298,6 +329,7 @@ class Writer:
                 stream.close_shard()
             except OSError as e:
                 raise OutputBlocked(str(stream.part_path), str(e)) from e
+            crashpoints.hit("shard_renamed")
             self._unrotated.discard(stream)
 
     def _encode(

@@ -121,14 +121,27 @@ def test_claim_ids_with_more_claims_than_one_query_takes(cp: Checkpoint) -> None
     assert cp.claim_ids(iter(wanted)) == known
 
 
-def test_committed_offsets(cp: Checkpoint) -> None:
-    assert cp.committed_offset("out/q/q-000001.jsonl.part") == 0
+def test_shard_offsets_by_identity(cp: Checkpoint) -> None:
+    assert cp.shard_offset(("q", "records", 1)) == 0
+    assert cp.last_shard("q", "records") == 0
     with cp.transaction() as tx:
-        tx.offsets({"out/q/q-000001.jsonl.part": 100, "out/q/rejects/r.part": 7})
+        tx.shard_offsets({("q", "records", 1): 100, ("q", "rejects", 1): 7})
     with cp.transaction() as tx:
-        tx.offsets({"out/q/q-000001.jsonl.part": 250})
-    assert cp.committed_offset("out/q/q-000001.jsonl.part") == 250
-    assert cp.committed_offset("out/q/rejects/r.part") == 7
+        tx.shard_offsets({("q", "records", 1): 250, ("q", "records", 2): 3})
+    assert cp.shard_offset(("q", "records", 1)) == 250
+    assert cp.shard_offset(("q", "rejects", 1)) == 7
+    assert (cp.last_shard("q", "records"), cp.last_shard("q", "rejects")) == (2, 1)
+    assert cp.last_shard("other", "records") == 0
+
+
+def test_an_offset_kept_by_path_is_read_until_the_stream_has_shard_rows(cp: Checkpoint) -> None:
+    """A checkpoint from an earlier version keyed offsets by the .part file's path."""
+    with cp.transaction() as tx:
+        tx.db.execute("INSERT INTO streams VALUES ('out/q/q-000003.jsonl.part', 42)")
+    assert cp.shard_offset(("q", "records", 3), "out/q/q-000003.jsonl.part") == 42
+    with cp.transaction() as tx:
+        tx.shard_offsets({("q", "records", 4): 1})
+    assert cp.shard_offset(("q", "records", 3), "out/q/q-000003.jsonl.part") == 0
 
 
 def test_a_transaction_rolls_back_on_error(cp: Checkpoint) -> None:
@@ -140,12 +153,12 @@ def test_a_transaction_rolls_back_on_error(cp: Checkpoint) -> None:
     with pytest.raises(Boom), cp.transaction() as tx:
         tx.record([outcome(src, 0)])
         tx.resume_points({src.id: (1, 1, 10)})
-        tx.offsets({"shard.part": 99})
+        tx.shard_offsets({("q", "records", 1): 99})
         assert tx.dedupe("q", [42]) == [True]
         raise Boom
     assert cp.done_after(src.id, 0) == {}
     assert cp.active_sources("q")[0].resume_seq == 0
-    assert cp.committed_offset("shard.part") == 0
+    assert cp.shard_offset(("q", "records", 1)) == 0
     with cp.transaction() as tx:
         assert tx.dedupe("q", [42]) == [True]  # the digest was never remembered
 
@@ -204,7 +217,7 @@ def test_state_survives_a_reopen_and_a_readonly_reader_sees_it(tmp_path: Path) -
     src = first.add_source("q", "c1", "a.txt", "p1", "fp")
     with first.transaction() as tx:
         tx.record([outcome(src, 0)])
-        tx.offsets({"s.part": 12})
+        tx.shard_offsets({("q", "records", 1): 12})
     reader = Checkpoint(path, readonly=True)
     try:
         assert reader.counts()[0].items == {"record": 1}
@@ -215,6 +228,6 @@ def test_state_survives_a_reopen_and_a_readonly_reader_sees_it(tmp_path: Path) -
     try:
         assert again.active_sources("q") == [src]
         assert again.done_after(src.id, 0) == {0: (1, 10)}
-        assert again.committed_offset("s.part") == 12
+        assert again.shard_offset(("q", "records", 1)) == 12
     finally:
         again.close()

@@ -127,19 +127,18 @@ def part_with(tmp_path: Path, data: bytes) -> Path:
     return path
 
 
-def test_recover_cuts_a_torn_line_and_returns_the_tail(
+def test_recover_returns_the_complete_lines_past_the_commit(
     tmp_path: Path, streams: list[ShardStream]
 ) -> None:
     path = part_with(tmp_path, b'l1\nl2\nl3\n{"torn')
     tail = stream(streams, tmp_path).recover(path, committed=3)
-    assert tail == Tail(str(path), 3, [b"l2", b"l3"])
-    assert path.read_bytes() == b"l1\nl2\nl3\n"
+    assert tail == Tail(str(path), 1, 3, [b"l2", b"l3"])
+    assert path.read_bytes() == b'l1\nl2\nl3\n{"torn', "cutting is the writer's decision"
 
 
 def test_recover_with_nothing_past_the_commit(tmp_path: Path, streams: list[ShardStream]) -> None:
     path = part_with(tmp_path, b"l1\nl2\n")
-    assert stream(streams, tmp_path).recover(path, committed=6) == Tail(str(path), 6, [])
-    assert path.read_bytes() == b"l1\nl2\n"
+    assert stream(streams, tmp_path).recover(path, committed=6) == Tail(str(path), 1, 6, [])
 
 
 def test_recover_a_torn_first_line_past_the_commit(
@@ -147,33 +146,42 @@ def test_recover_a_torn_first_line_past_the_commit(
 ) -> None:
     path = part_with(tmp_path, b"l1\nhalf a li")
     assert stream(streams, tmp_path).recover(path, committed=3).lines == []
-    assert path.read_bytes() == b"l1\n"
 
 
 def test_recover_when_the_file_is_shorter_than_the_commit(
     tmp_path: Path, streams: list[ShardStream]
 ) -> None:
     path = part_with(tmp_path, b"l1\n")
-    assert stream(streams, tmp_path).recover(path, committed=50) == Tail(str(path), 3, [])
-    assert path.read_bytes() == b"l1\n"
+    assert stream(streams, tmp_path).recover(path, committed=50) == Tail(str(path), 1, 3, [])
 
 
 def test_recover_from_the_start(tmp_path: Path, streams: list[ShardStream]) -> None:
     path = part_with(tmp_path, b"a\nb\nc")
     assert stream(streams, tmp_path).recover(path, committed=0).lines == [b"a", b"b"]
-    assert path.read_bytes() == b"a\nb\n"
 
 
-def test_rewrite_tail_keeps_only_the_given_lines(
-    tmp_path: Path, streams: list[ShardStream]
-) -> None:
-    path = part_with(tmp_path, b"l1\nl2\nl3\nl4\n")
-    s = stream(streams, tmp_path)
-    tail = s.recover(path, committed=3)
-    s.rewrite_tail(tail, [b"l2", b"l4"])
-    assert path.read_bytes() == b"l1\nl2\nl4\n"
-    s.rewrite_tail(Tail(str(path), 3, [b"l2", b"l4"]), [])
-    assert path.read_bytes() == b"l1\n"
+def test_cut_only_truncates(tmp_path: Path) -> None:
+    path = part_with(tmp_path, b"l1\nl2\nl3")
+    ShardStream.cut(str(path), 6)
+    assert path.read_bytes() == b"l1\nl2\n"
+    ShardStream.cut(str(path), 50)
+    assert path.read_bytes() == b"l1\nl2\n"
+
+
+def test_a_shard_number_is_never_reused(tmp_path: Path, streams: list[ShardStream]) -> None:
+    """Closed shards may be moved away; the next number is above every one used."""
+    s = stream(streams, tmp_path, max_records=1)
+    s.append(b"a\n", 1)
+    first = s.close_shard()
+    assert first is not None
+    first.unlink()
+    s.append(b"b\n", 1)
+    assert s.part_path == str(tmp_path.resolve() / "q-000002.jsonl.part")
+    fresh = stream(streams, tmp_path)
+    fresh.last_number = 7  # as the checkpoint remembers it
+    assert fresh.close_shard() is None
+    fresh.append(b"c\n", 1)
+    assert fresh.number == 8
 
 
 def test_resume_continues_the_part_file(tmp_path: Path, streams: list[ShardStream]) -> None:

@@ -8,6 +8,7 @@ there between its fsync and its checkpoint commit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import resource
 from collections.abc import Iterator, MutableMapping
@@ -164,8 +165,8 @@ def test_outcomes_land_in_their_streams(config: Config, one: One) -> None:
     (dead,) = lines(files["dead"])
     assert (dead["source"]["seq"], dead["kind"], dead["attempts"]) == (2, "attempts_exhausted", 6)
 
-    for path in files.values():
-        assert cp.committed_offset(str(path)) == path.stat().st_size
+    for kind, path in files.items():
+        assert cp.shard_offset(("one", kind, 1)) == path.stat().st_size
     (counts,) = cp.counts()
     assert counts.items == {"record": 1, "rejected": 1, "dead": 1, "bad_input": 1}
     assert counts.records == 1
@@ -289,7 +290,7 @@ def test_a_full_shard_gets_its_final_name(config: Config, one: One) -> None:
     writer._commit([answered(job, item(src, 4), Accepted("Q4?"))])
     part = out / "one-000002.jsonl.part"
     assert [r["completion"] for r in lines(part)] == ["Q4?"]
-    assert cp.committed_offset(str(part)) == part.stat().st_size
+    assert cp.shard_offset(("one", "records", 2)) == part.stat().st_size
 
 
 async def test_run_commits_submitted_outcomes_and_reports_them(
@@ -351,7 +352,7 @@ def test_a_failed_commit_is_rolled_back_and_the_writer_goes_on(config: Config, o
     # The disk has room again: the same batch commits, and claims work too.
     writer._commit([first])
     assert [r["completion"] for r in lines(part)] == ["A?"]
-    assert cp.committed_offset(str(part)) == part.stat().st_size
+    assert cp.shard_offset(("one", "records", 1)) == part.stat().st_size
     claim(config, cp, "two", "c0ffee02")
     assert [s.claim for s in cp.active_sources("two")] == ["c0ffee02"]
 
@@ -416,7 +417,7 @@ def crash_and_recover(config: Config, checkpoints: list[Checkpoint]) -> Crashed:
     files["rejects"].write_bytes(encode(one.lines["rejects"][0]) + b"\n")
     files["dead"].parent.mkdir(parents=True, exist_ok=True)
     files["dead"].write_bytes(encode(dead.lines["dead"][0]) + b"\n")
-    assert cp.committed_offset(str(files["records"])) == committed_records
+    assert cp.shard_offset(("two", "records", 1)) == committed_records
     die(writer)
 
     fresh_cp = open_checkpoint(checkpoints)
@@ -442,8 +443,8 @@ def test_recovery_adopts_complete_items_and_cuts_the_rest(
     ]  # item 2 had one of its two samples: removed; strangers and garbage: removed
     assert [(r["source"]["seq"], r["sample"]) for r in lines(c.files["rejects"])] == [(1, 1)]
     assert [r["source"]["seq"] for r in lines(c.files["dead"])] == [3]
-    for path in c.files.values():
-        assert c.cp.committed_offset(str(path)) == path.stat().st_size
+    for kind, path in c.files.items():
+        assert c.cp.shard_offset(("two", kind, 1)) == path.stat().st_size
 
     assert set(c.cp.done_after(c.src.id, 0)) == {0, 1, 3}
     (counts,) = c.cp.counts()
@@ -469,7 +470,7 @@ def test_after_recovery_the_writer_appends_to_the_same_shard(
         (1, "too_short"),
         (2, "duplicate"),
     ]
-    assert c.cp.committed_offset(str(c.files["records"])) == c.files["records"].stat().st_size
+    assert c.cp.shard_offset(("two", "records", 1)) == c.files["records"].stat().st_size
 
 
 def test_after_recovery_the_source_can_still_complete(
@@ -516,3 +517,94 @@ def test_recovery_gives_older_part_files_their_final_names(
     assert sorted(p.name for p in out.iterdir()) == ["one-000001.jsonl", "one-000002.jsonl.part"]
     writer.close_files()
     assert sorted(p.name for p in out.iterdir()) == ["one-000001.jsonl", "one-000002.jsonl"]
+
+
+# -- shard identity --------------------------------------------------------------------
+
+
+class Died(Exception):
+    """Stands for the SIGKILL that ends a writer between its fsync and its commit."""
+
+
+def die_before_commit(writer: Writer, outcomes: list[Outcome]) -> None:
+    """Append and fsync a batch's lines, then die: the checkpoint never hears of them."""
+    with pytest.raises(Died), writer.cp.transaction() as tx:
+        for (job, kind), (chunk, count) in writer._encode(tx, outcomes).items():
+            stream = writer.streams[job][kind]
+            stream.append(chunk, count)
+            stream.sync()
+        raise Died
+    die(writer)
+
+
+def restart(config: Config, checkpoints: list[Checkpoint]) -> tuple[Writer, int]:
+    writer = new_writer(config, open_checkpoint(checkpoints))
+    adopted = writer.recover()
+    for src in writer.cp.active_sources("one"):
+        writer.track(src, writer.cp.done_after(src.id, src.resume_seq))
+    return writer, adopted
+
+
+def test_a_new_shard_after_closed_ones_were_moved_away_is_recovered(
+    config: Config, checkpoints: list[Checkpoint], one: One
+) -> None:
+    _, writer, job, src = one
+    writer.track(src, {})
+    writer._commit([answered(job, item(src, s), Accepted(f"Q{s}?")) for s in range(2)])
+    writer.close_files()  # a clean stop: the shard gets its final name
+    out = config.paths.out / "one"
+    archive = config.paths.out / "archive"
+    archive.mkdir()
+    for shard in out.glob("one-*.jsonl"):  # a consumer takes the finished data away
+        shard.rename(archive / shard.name)
+
+    writer, adopted = restart(config, checkpoints)
+    assert adopted == 0
+    die_before_commit(writer, [answered(job, item(src, 2), Accepted("Q2?"))])
+    (new_part,) = out.glob("*.part")
+    assert new_part.name not in {p.name.removesuffix(".part") for p in out.iterdir()} | {
+        p.name for p in archive.iterdir()
+    }
+
+    writer, adopted = restart(config, checkpoints)
+    assert adopted == 1, "the lines of the new shard are seen and adopted, not redone"
+    assert set(writer.cp.done_after(src.id, 0)) == {0, 1, 2}
+
+
+def test_the_same_folder_spelled_another_way_keeps_its_offsets(
+    config: Config, checkpoints: list[Checkpoint], one: One, tmp_path: Path
+) -> None:
+    _, writer, job, src = one
+    writer.track(src, {})
+    writer._commit([answered(job, item(src, 0), Accepted("Q0?"))])
+    die_before_commit(writer, [answered(job, item(src, 1), Accepted("Q1?"))])
+    assert not config.paths.out.is_absolute()
+    absolute = dataclasses.replace(
+        config, paths=config.paths.model_copy(update={"out": tmp_path / "out"})
+    )
+    with capture_logs() as logs:
+        _, adopted = restart(absolute, checkpoints)
+    assert [e["seq"] for e in logs if e["event"] == "record_adopted"] == [1]
+    assert adopted == 1
+
+
+def test_recovery_only_truncates_what_it_cuts(
+    config: Config, checkpoints: list[Checkpoint], one: One
+) -> None:
+    """A rewrite of the tail could be torn by a crash; a truncation cannot. So an item
+    found after one that must be cut is cut too (and redone), never moved."""
+    _, writer, job, src = one
+    writer.track(src, {})
+    writer._commit([answered(job, item(src, 0), Accepted("Q0?"))])
+    part = parts(config, "one")["records"]
+    bad = {**answered(job, item(src, 1), Accepted("Q1?")).lines["records"][0]}
+    bad["source"] = {**bad["source"], "claim": "not-a-claim"}
+    good = answered(job, item(src, 2), Accepted("Q2?")).lines["records"][0]
+    before = part.read_bytes()
+    with open(part, "ab") as f:
+        f.write(encode(bad) + b"\n" + encode(good) + b"\n")
+    die(writer)
+    writer, adopted = restart(config, checkpoints)
+    assert part.read_bytes() == before
+    assert adopted == 0
+    assert set(writer.cp.done_after(src.id, 0)) == {0}
