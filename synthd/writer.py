@@ -268,10 +268,23 @@ class Writer:
             self._on_source_done(source, path)
 
     async def _until_unblocked(self, work: Callable[[], _T]) -> _T:
-        """Run ``work`` in a thread until it stops raising ``OutputBlocked``."""
+        """Run ``work`` in a thread until it stops raising ``OutputBlocked``.
+
+        Cancelling the caller does not stop the thread, so a cancelled caller
+        still waits for it: once this returns or raises, no commit is running
+        and the shards may be closed (an exit while blocked does just that).
+        """
         while True:
+            thread = asyncio.ensure_future(asyncio.to_thread(work))
             try:
-                return await asyncio.to_thread(work)
+                return await asyncio.shield(thread)
+            except asyncio.CancelledError:
+                while not thread.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([thread])
+                if not thread.cancelled():
+                    thread.exception()  # retrieved: a batch that failed is redone on restart
+                raise
             except OutputBlocked as e:
                 if self.blocked is None:
                     log.error("output_blocked", path=e.path, error=str(e))

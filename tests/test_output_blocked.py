@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -31,6 +34,7 @@ from structlog.testing import capture_logs
 
 from synthd import config
 from synthd.daemon import Daemon
+from synthd.errors import WriterFailed
 from synthd.sim import RunningSim, SimConfig, running_sim
 from tests.conftest import Workdir, simple_job, write_provider_config
 from tests.test_bad_input import GOOD, assert_good_once, drop_good
@@ -275,3 +279,55 @@ async def test_second_signal_while_blocked_exits_and_a_restart_finishes_once(
             assert await asyncio.wait_for(again.wait(), 60) == 0
     per_item = Counter((r["source"]["file"], r["source"]["seq"]) for r in work.lines("q"))
     assert per_item == {("big.txt", i): 1 for i in range(ITEMS)} | {(n, 0): 1 for n in GOOD}
+
+
+async def test_exit_while_blocked_waits_for_the_writer_thread_before_closing_shards(
+    work: Workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling the writer's task does not stop its thread: the shards may be closed
+    only once the commit it is running is over, or it writes into closed files."""
+    monkeypatch.setattr("synthd.writer._RETRY_BLOCKED_S", 0.01)  # always inside a commit
+    spool = work.spool("q")
+    async with running_sim(PACED) as sim:
+        write_config(work, sim, input='"lines"')
+        big_topics(spool, 200)
+        daemon = Daemon(
+            config.load(work.path / "config" / "synthd.toml"), once=True, handle_signals=False
+        )
+        with capture_logs() as logs:
+            task = asyncio.create_task(daemon.run())
+            await wait_until(lambda: bool(work.lines("q")), 20)
+            # Another process holds the checkpoint's write lock: every commit waits
+            # for it (busy_timeout), then fails, and the writer is blocked.
+            locker = sqlite3.connect(
+                work.path / "state" / "synthd.db", isolation_level=None, check_same_thread=False
+            )
+            locker.execute("BEGIN IMMEDIATE")
+
+            def release_after_exit_now() -> None:
+                # The loop may itself be stuck on the checkpoint: release from a thread.
+                while not any(e["event"] == "exit_while_blocked" for e in list(logs)):
+                    time.sleep(0.01)
+                time.sleep(0.3)
+                locker.execute("ROLLBACK")
+
+            releaser = threading.Thread(target=release_after_exit_now)
+            try:
+                await wait_until(lambda: daemon.writer.blocked is not None, 30)
+                releaser.start()
+                # The retry, 10 ms later, now waits on the lock (5 s): exit with it inside.
+                await asyncio.sleep(0.5)
+                daemon.stop()
+                daemon.stop()
+                with pytest.raises(WriterFailed):
+                    await asyncio.wait_for(task, 30)
+            finally:
+                if releaser.is_alive():
+                    releaser.join(10)
+                elif locker.in_transaction:
+                    locker.execute("ROLLBACK")
+                locker.close()
+    out = work.path / "out" / "q"
+    assert not list(out.glob("*.part")), "a shard was written after the shards were closed"
+    for shard in out.glob("*.jsonl"):
+        assert shard.read_bytes().endswith(b"\n")
