@@ -151,6 +151,8 @@ class Writer:
             adopted += self._adopt(job, tails)
             for stream in streams.values():
                 parts = stream.parts()
+                if parts[:-1]:
+                    self.cp.sync()  # see _rotate_pending
                 for p in parts[:-1]:  # only the newest may stay open
                     os.rename(p, p.with_name(p.name.removesuffix(".part")))
                 if parts:
@@ -336,7 +338,16 @@ class Writer:
         return self._finish_sources()
 
     def _rotate_pending(self) -> None:
-        """Close every full shard. Raises ``OutputBlocked`` if the folder refuses."""
+        """Close every full shard. Raises ``OutputBlocked`` if the folder refuses.
+
+        The checkpoint is made power-cut safe first: once renamed, a shard may be
+        taken away, so a lost commit's lines there could not be adopted again.
+        """
+        if self._unrotated:
+            try:
+                self.cp.sync()
+            except OSError as e:
+                raise OutputBlocked(str(self.cp.path), str(e)) from e
         for stream in list(self._unrotated):
             try:
                 stream.close_shard()
@@ -407,6 +418,11 @@ class Writer:
 
     def close_files(self) -> None:
         """On a clean stop every open shard gets its final name: the run is whole."""
+        try:
+            self.cp.sync()  # see _rotate_pending
+        except OSError as e:  # they stay .part, complete up to their last newline
+            log.warning("shards_not_closed", error=str(e))
+            return
         for streams in self.streams.values():
             for s in streams.values():
                 try:
