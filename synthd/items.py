@@ -23,6 +23,11 @@ from synthd.models import BadLine, Source, WorkItem
 
 SNIFF_BYTES = 8192
 _CHUNK = 1 << 16
+# orjson refuses to encode past 255 levels; a field sits a few levels down in
+# the record that carries it, so it must leave that much room (or the writer's
+# encode, not this line, would fail).
+_ROOM = 4
+_MAX_FIELD_DEPTH = 255 - _ROOM
 
 
 def sniff(head: bytes) -> None:
@@ -145,8 +150,24 @@ class Reader:
                 "missing_text",
                 f"line {line} has no non-empty string field {self.text_field!r}",
             )
-        fields = {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in obj.items()}
+        try:
+            fields = {k: v if isinstance(v, str) else _dumps_with_room(v) for k, v in obj.items()}
+        except orjson.JSONEncodeError:
+            return BadLine(
+                src,
+                seq,
+                line,
+                end,
+                "too_deep",
+                f"line {line} nests deeper than a record can hold ({_MAX_FIELD_DEPTH} levels)",
+            )
         fields.update(base)
         fields["context"] = value
         meta = {k: v for k, v in obj.items() if k != self.text_field}
         return WorkItem(src, seq, line, end, fields, meta or None)
+
+
+def _dumps_with_room(value: object) -> str:
+    """``value`` as JSON; raises ``JSONEncodeError`` if a record could not hold it."""
+    wrapped = orjson.dumps([[[[value]]]])  # _ROOM levels, checked in the same pass
+    return wrapped[_ROOM:-_ROOM].decode()

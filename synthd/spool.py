@@ -64,7 +64,10 @@ def scan(job_dir: Path) -> list[Entry]:
                 continue
             if e.name in _RESERVED and e.is_dir(follow_symlinks=False):
                 continue
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # taken or deleted since the listing: nothing to do
             entries.append(Entry(e.name, st.st_size, st.st_mtime_ns, _refusal(st.st_mode)))
     entries.sort(key=lambda en: (en.mtime_ns, en.name))
     return entries
