@@ -268,7 +268,7 @@ class Daemon:
         self.feeder.committed(outcomes)
 
     def _source_done(self, src: Source, path: str) -> None:
-        log.info("file_done", job=src.job, file=src.name, moved_to=path)
+        log.debug("file_done", job=src.job, file=src.name, moved_to=path)
 
     # -- reporting ---------------------------------------------------------------
 

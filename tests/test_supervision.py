@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import secrets
+import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +24,9 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from synthd.checkpoint import Checkpoint
+from synthd.daemon import STATE_FILE
+from synthd.models import Outcome
 from synthd.sim import SimConfig, running_sim
 from tests.conftest import Workdir, simple_job
 from tests.test_bad_input import assert_good_once, drop_good, events
@@ -39,6 +45,25 @@ def items_once(work: Workdir, name: str, count: int) -> None:
     lines = [*work.lines("q"), *work.lines("q", "rejects"), *work.lines("q", "dead")]
     seqs = Counter(ln["source"]["seq"] for ln in lines if ln["source"]["file"] == name)
     assert seqs == dict.fromkeys(range(count), 1)
+
+
+async def test_claim_ids_never_collide_even_when_random_bits_repeat(
+    work: Workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every random draw the same: the claims must still be distinct."""
+    monkeypatch.setattr(secrets, "token_hex", lambda n=None: "ab" * (n or 4))
+    spool = work.spool("q")
+    async with running_sim(SimConfig(port=0)) as sim:
+        work.write_config(sim.base_url, simple_job("q"))
+        for i in range(20):
+            (spool / f"t{i}.txt").write_text(f"passage {i} about tides")
+        drop_good(spool)
+        await asyncio.wait_for(run_once(work), 60)
+    done = {p.name for p in (spool / "done").iterdir()}
+    assert {f"t{i}.txt" for i in range(20)} <= done
+    assert_good_once(work)
+    claims = [r["source"]["claim"] for r in work.lines("q")]
+    assert len(set(claims)) == len(claims) == 23
 
 
 async def test_a_file_vanishing_between_listing_and_stat_is_skipped(
@@ -141,3 +166,44 @@ def running_sim_process() -> Any:
     from tests.conftest import sim_process
 
     return sim_process()
+
+
+# -- the two settler and recovery points of issue 14 ---------------------------------------
+
+
+async def test_a_file_with_a_future_mtime_is_still_claimed(work: Workdir) -> None:
+    spool = work.spool("q")
+    async with running_sim(SimConfig(port=0)) as sim:
+        cfg = work.write_config(sim.base_url, simple_job("q"))
+        cfg.write_text(cfg.read_text().replace("settle_s = 0\n", "settle_s = 0.3\n"))
+        (spool / "future.txt").write_text("a clock set an hour ahead")
+        ahead = time.time() + 3600
+        os.utime(spool / "future.txt", (ahead, ahead))
+        drop_good(spool)
+        await asyncio.wait_for(run_once(work), 30)
+    assert (spool / "done" / "future.txt").exists()
+    items_once(work, "future.txt", 1)
+    assert_good_once(work)
+
+
+async def test_a_vanished_claim_with_out_of_order_items_is_failed_not_forgotten(
+    work: Workdir,
+) -> None:
+    """Item 1 done, item 0 not (resume point 0), and the claimed file gone: the done
+    item's claim must stay known, and the file reported, not silently forgotten."""
+    spool = work.spool("q")
+    async with running_sim(SimConfig(port=0)) as sim:
+        work.write_config(sim.base_url, simple_job("q", input='"lines"'))
+        cp = Checkpoint(work.path / "state" / STATE_FILE)
+        src = cp.add_source("q", "0badc1a1", "gone.txt", str(spool / ".work/0badc1a1-gone.txt"), "")
+        with cp.transaction() as tx:
+            tx.record([Outcome(src, 1, 2, 20, "record", [], 3, 4, 1)])
+        cp.close()
+        drop_good(spool)
+        await asyncio.wait_for(run_once(work), 30)
+    with sqlite3.connect(work.path / "state" / STATE_FILE) as db:
+        rows = list(db.execute("SELECT status FROM sources WHERE claim = '0badc1a1'"))
+    assert rows == [("failed",)]
+    report = orjson.loads((spool / "failed" / "gone.txt.error.json").read_bytes())
+    assert report["reason"] == "unreadable"
+    assert_good_once(work)
