@@ -144,6 +144,16 @@ class Workdir:
                 n += 1
         return n
 
+    def spool_files(self, texts: Iterator[str]) -> int:
+        """One ``.txt`` file per context, as a producer dropping contexts one by one would."""
+        folder = self.path / "spool" / "bench"
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 0
+        for i, text in enumerate(texts):
+            (folder / f"ctx-{i:07d}.txt").write_text(text)
+            n += 1
+        return n
+
     def run(self, *extra: str, until_event: str | None = None) -> DaemonRun:
         """Run the daemon (``--once`` unless ``extra`` says otherwise) and measure it."""
         cmd = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", *extra]

@@ -21,6 +21,7 @@ callers so one connection can be shared by the writer thread and others.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import threading
@@ -138,13 +139,14 @@ class Checkpoint:
         Older states' ids are 8 hex digits; these are longer, so never equal.
         """
         now = time.time()
+        base = str(work_dir) + os.sep
         with self.transaction() as tx:
             prefix, count = _claim_counter(tx.db)
             sources = []
             for name in names:
                 count += 1
                 claim = f"{prefix}{count:04x}"
-                path = str(work_dir / f"{claim}-{name}")
+                path = f"{base}{claim}-{name}"
                 cur = tx.db.execute(
                     "INSERT INTO sources (job, claim, name, path, fingerprint, status, claimed_at)"
                     " VALUES (?, ?, ?, ?, ?, 'active', ?)",

@@ -33,6 +33,7 @@ from synthd.errors import ConfigError, DaemonFailed, WriterFailed
 from synthd.feeder import Feeder
 from synthd.filters import FilterChain
 from synthd.fingerprint import sampling_params
+from synthd.looplag import LoopLag
 from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source
 from synthd.pipeline import Dispatcher, JobRuntime
@@ -65,6 +66,7 @@ class Daemon:
         self._progress_log = ProgressLog()
         self.started = time.time()
         self.failure: tuple[str, str] | None = None  # (task, error) that stopped the daemon
+        self.loop_lag = LoopLag()
 
     # -- run ---------------------------------------------------------------
 
@@ -85,6 +87,7 @@ class Daemon:
         tickers = [
             self._supervised(self._progress(), "progress"),
             self._supervised(memory.release_freed_memory(), "trim"),
+            self._supervised(self.loop_lag.run(), "loop_lag"),
         ]
         if (interval := notify.watchdog_interval_s()) is not None:
             tickers.append(self._supervised(self._watchdog(interval / 2), "watchdog"))
@@ -111,7 +114,12 @@ class Daemon:
             self.writer.close_files()
             self.checkpoint.close()
             self._log_progress(final=True)
-            log.info("stopped", outstanding=self.feeder.outstanding)
+            log.info(
+                "stopped",
+                outstanding=self.feeder.outstanding,
+                loop_lag_p99_ms=round(1000 * self.loop_lag.quantile(0.99), 1),
+                loop_lag_max_ms=round(1000 * self.loop_lag.max_s, 1),
+            )
         if self.failure is not None and self.failure[0] != "writer":
             raise DaemonFailed(*self.failure)
         if writer_task.cancelled() or writer_task.exception() is not None:

@@ -36,6 +36,30 @@ def sniff(head: bytes) -> None:
         raise InputError("binary", "NUL bytes in the first 8 KiB: not a text file")
 
 
+def decode(raw: bytes) -> tuple[str, int]:
+    """UTF-8 text, invalid bytes replaced by U+FFFD; and how many were replaced."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        # U+FFFD already present in the input was not a replacement.
+        return text, text.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
+
+
+def whole_file_item(src: Source, raw: bytes, max_bytes: int) -> tuple[WorkItem, int]:
+    """A whole file's one item from its bytes (at most ``max_bytes`` + 1 of them), and
+    how many invalid bytes were replaced. Raises ``InputError``."""
+    if len(raw) > max_bytes:
+        raise InputError("too_large", f"more than {max_bytes} bytes in one context")
+    sniff(raw)
+    text, replaced = decode(raw)
+    text = text.lstrip("\ufeff").strip()
+    if not text:
+        raise InputError("empty", "the file is empty or holds only white space")
+    fields = {"context": text, "source": src.name, "line": "1"}
+    return WorkItem(src, 0, 1, len(raw), fields), replaced
+
+
 def kind_of(name: str, configured: str) -> str:
     """The reader for a file: the suffix ``.jsonl`` wins over the job's setting."""
     return "jsonl" if name.endswith((".jsonl", ".ndjson")) else configured
@@ -64,26 +88,18 @@ class Reader:
             yield from self._lines()
 
     def _decode(self, raw: bytes) -> str:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("utf-8", errors="replace")
-            # U+FFFD already present in the input was not a replacement.
-            self.replaced += text.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
-            return text
+        text, replaced = decode(raw)
+        self.replaced += replaced
+        return text
 
     def _whole_file(self) -> Iterator[WorkItem | BadLine]:
-        src = self.src
-        if src.resume_seq > 0:
+        if self.src.resume_seq > 0:
             return  # the one item is done already
-        raw = self.f.read(self.max_line_bytes + 1)
-        if len(raw) > self.max_line_bytes:
-            raise InputError("too_large", f"more than {self.max_line_bytes} bytes in one context")
-        sniff(raw)
-        text = self._decode(raw).lstrip("\ufeff").strip()
-        if not text:
-            raise InputError("empty", "the file is empty or holds only white space")
-        yield WorkItem(src, 0, 1, len(raw), {"context": text, "source": src.name, "line": "1"})
+        item, replaced = whole_file_item(
+            self.src, self.f.read(self.max_line_bytes + 1), self.max_line_bytes
+        )
+        self.replaced += replaced
+        yield item
 
     def _lines(self) -> Iterator[WorkItem | BadLine]:
         src, f = self.src, self.f

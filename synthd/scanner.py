@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthd.spool import Entry, candidate_name, entry_of
+from synthd.spool import Entry, candidate_name, entry_of, refusal
 
 # Names stat-ed per listing: bounds the memory and the time of one scan of a
 # huge folder; the rest are found by the next listing.
@@ -72,6 +72,7 @@ class Scanner:
         self._settler = Settler(settle_s)
         self._settling: dict[str, Entry] = {}
         self._ready: deque[Entry] = deque()
+        self._ready_bytes = 0
         self._queued: set[str] = set()
         self._listed_mtime: int | None = None
         self._trusted = False  # two listings saw the same folder mtime
@@ -86,7 +87,7 @@ class Scanner:
     @property
     def bytes_waiting(self) -> int:
         """Bytes of the files seen and not yet handed out."""
-        return sum(e.size for e in self._ready) + sum(e.size for e in self._settling.values())
+        return self._ready_bytes + sum(e.size for e in self._settling.values())
 
     def take(self, now: float, most: int) -> list[Entry]:
         """Up to ``most`` settled entries, oldest first, each handed out once."""
@@ -95,6 +96,7 @@ class Scanner:
         batch: list[Entry] = []
         while self._ready and len(batch) < most:
             e = self._ready.popleft()
+            self._ready_bytes -= e.size
             self._queued.discard(e.name)
             batch.append(e)
         return batch
@@ -117,6 +119,7 @@ class Scanner:
         ready.sort(key=lambda e: (e.mtime_ns, e.name))
         for e in ready:
             self._ready.append(e)
+            self._ready_bytes += e.size
             self._queued.add(e.name)
 
     def _list(self) -> list[Entry]:
@@ -132,9 +135,11 @@ class Scanner:
                 if len(fresh) >= _NEW_PER_LISTING:
                     self._complete = False
                     break
-                entry = entry_of(self.job_dir, name)
-                if entry is not None:
-                    fresh.append(entry)
+                try:
+                    st = d.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # taken or deleted since the listing
+                fresh.append(Entry(name, st.st_size, st.st_mtime_ns, refusal(st.st_mode)))
         return fresh
 
     def _restat(self, name: str) -> Entry | None:

@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from synthd.looplag import LagCollector
 from synthd.metrics import StatsCollector
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
     registry.register(
         StatsCollector({n: rt.stats for n, rt in daemon.jobs.items()}, daemon.provider_stats)
     )
+    registry.register(LagCollector(daemon.loop_lag))
 
     used = {rt.job.config.provider for rt in daemon.jobs.values()}
 

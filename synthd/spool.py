@@ -90,10 +90,11 @@ def entry_of(job_dir: Path, name: str) -> Entry | None:
         st = os.lstat(job_dir / name)
     except FileNotFoundError:
         return None
-    return Entry(name, st.st_size, st.st_mtime_ns, _refusal(st.st_mode))
+    return Entry(name, st.st_size, st.st_mtime_ns, refusal(st.st_mode))
 
 
-def _refusal(mode: int) -> str | None:
+def refusal(mode: int) -> str | None:
+    """Why a name of this file type can never be read as input; None for a regular file."""
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISLNK(mode):
@@ -127,9 +128,10 @@ def claim_batch(
     sources = cp.add_sources(job, job_dir / WORK, names, fingerprint)
     crashpoints.hit("claim_recorded")
     won, lost, refused = [], [], []
+    base = str(job_dir) + os.sep
     for src in sources:
         try:
-            os.rename(job_dir / src.name, src.path)
+            os.rename(base + src.name, src.path)
         except FileNotFoundError:
             lost.append(src.id)  # another daemon, or the producer, took it first
             continue
@@ -175,17 +177,18 @@ def sweep_work(cp: Checkpoint, job_dir: Path) -> None:
         _fsync_dirs(work, *moved)
 
 
-def done_targets(job_dir: Path, names: Iterable[str]) -> list[Path]:
+def done_targets(job_dir: Path, names: Iterable[str]) -> list[str]:
     """Free names in ``done/`` for finished files: none taken, none given twice."""
     folder = job_dir / DONE
     folder.mkdir(parents=True, exist_ok=True)  # once a batch: someone may have removed it
-    given: set[Path] = set()
+    base = str(folder) + os.sep
+    given: set[str] = set()
     out = []
     for name in names:
-        target, n = folder / name, 1
-        while target in given or target.exists() or target.is_symlink():
+        target, n = base + name, 1
+        while target in given or os.path.lexists(target):
             n += 1
-            target = folder / f"{name}.{n}"
+            target = f"{base}{name}.{n}"
         given.add(target)
         out.append(target)
     return out
@@ -197,7 +200,7 @@ def move_finished(moves: list[tuple[Source, str]]) -> None:
     A file that cannot be moved stays in ``.work/`` and the next start's
     ``sweep_work`` moves it: the checkpoint already holds its final path.
     """
-    folders: set[Path] = set()
+    folders: set[str] = set()
     for src, target in moves:
         try:
             os.rename(src.path, target)
@@ -207,10 +210,10 @@ def move_finished(moves: list[tuple[Source, str]]) -> None:
         except OSError as e:
             log.error("source_move_failed", job=src.job, file=src.name, error=str(e))
             continue
-        folders.add(Path(src.path).parent)
-        folders.add(Path(target).parent)
+        folders.add(os.path.dirname(src.path))
+        folders.add(os.path.dirname(target))
         crashpoints.hit("source_moved")
-    _fsync_dirs(*folders)
+    _fsync_dirs(*map(Path, folders))
 
 
 def fail_claimed(cp: Checkpoint, job_dir: Path, src: Source, reason: str, detail: str) -> Path:

@@ -262,9 +262,11 @@ class Writer:
                 for stream in touched:
                     stream.sync()
                 tx.record(outcomes)
-                tx.resume_points(self._advance(outcomes, ends))
-                tx.offsets({s.part_path: s.offset for s in touched if s.part_path})
+                moved = self._advance(outcomes, ends)
                 finished = self._end_sources(tx, outcomes, ends)
+                ended = {src.id for src, _ in finished}  # no resume point needed
+                tx.resume_points({k: v for k, v in moved.items() if k not in ended})
+                tx.offsets({s.part_path: s.offset for s in touched if s.part_path})
         except (OSError, sqlite3.Error) as e:
             for stream, before in touched.items():
                 stream.truncate_to(before)
@@ -347,7 +349,7 @@ class Writer:
         for job in {src.job for src in complete}:
             mine = [src for src in complete if src.job == job]
             targets = spool.done_targets(self.config.paths.spool / job, [s.name for s in mine])
-            finished.extend((src, str(t)) for src, t in zip(mine, targets, strict=True))
+            finished.extend(zip(mine, targets, strict=True))
         tx.end_sources([(src.id, "done", path, None) for src, path in finished])
         return finished
 
