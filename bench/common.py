@@ -121,8 +121,8 @@ class Workdir:
     ) -> None:
         lines = ["[provider]", f'base_url = "{base_url}"']
         lines += [f"{k} = {_toml(v)}" for k, v in provider.items()]
-        lines += ["[service]", 'listen = ""', "settle_s = 0", "scan_interval_s = 0.1"]
-        lines += [f"{k} = {_toml(v)}" for k, v in service.items()]
+        settings = {"listen": "", "settle_s": 0, "scan_interval_s": 0.1, **service}
+        lines += ["[service]", *(f"{k} = {_toml(v)}" for k, v in settings.items())]
         lines += [
             "[jobs.bench]",
             'prompt = "prompts/questions.txt"',

@@ -213,7 +213,10 @@ def move_finished(moves: list[tuple[Source, str]]) -> None:
         folders.add(os.path.dirname(src.path))
         folders.add(os.path.dirname(target))
         crashpoints.hit("source_moved")
-    _fsync_dirs(*map(Path, folders))
+    try:
+        _fsync_dirs(*map(Path, folders))
+    except OSError as e:  # the commit stands; only a power cut now could undo a move
+        log.error("fsync_failed", folders=sorted(folders), error=str(e))
 
 
 def fail_claimed(cp: Checkpoint, job_dir: Path, src: Source, reason: str, detail: str) -> Path:
