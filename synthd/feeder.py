@@ -43,9 +43,10 @@ log = structlog.get_logger("synthd.feeder")
 # finds the next one rendered and waiting, few enough to keep memory flat.
 ADMIT_AHEAD = 256
 # Bytes of input admitted and not yet durable, per provider. An item holds its
-# context two or three times over (fields, request body), so this bounds the
-# admitted items' memory to a few hundred MB even when every file is 4 MB.
-ADMIT_BYTES = 64 * 1024 * 1024
+# context three or four times over (fields, rendered text, request body, record),
+# so with 4 MB files this keeps the peak near 200 MB (bench/big_files.py); with
+# ordinary contexts of a few KB the slots bind long before it does.
+ADMIT_BYTES = 32 * 1024 * 1024
 CLAIM_BATCH = 256  # files claimed in one transaction (two directory fsyncs)
 READ_BATCH_BYTES = 8 * 1024 * 1024  # small files read in one trip to a thread
 CHUNK_ITEMS = 256  # items of a large file read in one trip to a thread
