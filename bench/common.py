@@ -121,8 +121,8 @@ class Workdir:
     ) -> None:
         lines = ["[provider]", f'base_url = "{base_url}"']
         lines += [f"{k} = {_toml(v)}" for k, v in provider.items()]
-        lines += ["[service]", 'listen = ""', "settle_s = 0", "scan_interval_s = 0.1"]
-        lines += [f"{k} = {_toml(v)}" for k, v in service.items()]
+        settings = {"listen": "", "settle_s": 0, "scan_interval_s": 0.1, **service}
+        lines += ["[service]", *(f"{k} = {_toml(v)}" for k, v in settings.items())]
         lines += [
             "[jobs.bench]",
             'prompt = "prompts/questions.txt"',
@@ -142,6 +142,16 @@ class Workdir:
             for i, text in enumerate(texts):
                 f.write(orjson.dumps({"text": text, "i": i}) + b"\n")
                 n += 1
+        return n
+
+    def spool_files(self, texts: Iterator[str]) -> int:
+        """One ``.txt`` file per context, as a producer dropping contexts one by one would."""
+        folder = self.path / "spool" / "bench"
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 0
+        for i, text in enumerate(texts):
+            (folder / f"ctx-{i:07d}.txt").write_text(text)
+            n += 1
         return n
 
     def run(self, *extra: str, until_event: str | None = None) -> DaemonRun:

@@ -16,6 +16,7 @@ Tables:
   streams  the same keyed by path, as earlier versions kept it: read only to
            recover a ``.part`` left by them
   seen     de-duplication digests per job
+  meta     this state's claim-id prefix and the count of claims made
 
 Every method blocks; the daemon calls them from a thread. A lock serializes
 callers so one connection can be shared by the writer thread and others.
@@ -24,6 +25,7 @@ callers so one connection can be shared by the writer thread and others.
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -77,6 +79,7 @@ CREATE TABLE IF NOT EXISTS shards (
 CREATE TABLE IF NOT EXISTS seen (
   job TEXT NOT NULL, digest INTEGER NOT NULL, PRIMARY KEY (job, digest)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
 
@@ -161,6 +164,48 @@ class Checkpoint:
             )
             assert cur.lastrowid is not None
             return Source(cur.lastrowid, job, claim, name, path, fingerprint)
+
+    def add_sources(
+        self, job: str, work_dir: Path, names: list[str], fingerprint: str
+    ) -> list[Source]:
+        """Record the claims of ``names`` (to be renamed into ``work_dir``) in one transaction.
+
+        A claim id is this state's random prefix (drawn once, so two daemons with
+        their own state never share one) and a counter kept in the same
+        transaction: unique by construction, never reused even after a forget.
+        Older states' ids are 8 hex digits; these are longer, so never equal.
+        """
+        now = time.time()
+        base = str(work_dir) + os.sep
+        with self.transaction() as tx:
+            prefix, count = _claim_counter(tx.db)
+            sources = []
+            for name in names:
+                count += 1
+                claim = f"{prefix}{count:04x}"
+                path = f"{base}{claim}-{name}"
+                cur = tx.db.execute(
+                    "INSERT INTO sources (job, claim, name, path, fingerprint, status, claimed_at)"
+                    " VALUES (?, ?, ?, ?, ?, 'active', ?)",
+                    (job, claim, name, path, fingerprint, now),
+                )
+                assert cur.lastrowid is not None
+                sources.append(Source(cur.lastrowid, job, claim, name, path, fingerprint))
+            tx.db.execute("UPDATE meta SET value = ? WHERE key = 'claims'", (count,))
+        return sources
+
+    def forget_sources(self, source_ids: list[int]) -> None:
+        """Drop claims that never happened (their rename lost a race)."""
+        with self.transaction() as tx:
+            tx.db.executemany("DELETE FROM sources WHERE id = ?", [(i,) for i in source_ids])
+
+    def has_items(self, source_id: int) -> bool:
+        """Whether any item of a source is done: its claim then surely happened."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM items WHERE source_id = ? LIMIT 1", (source_id,)
+            ).fetchone()
+        return row is not None
 
     def forget_source(self, source_id: int) -> None:
         """Drop a claim that never happened (the rename lost a race)."""
@@ -288,11 +333,28 @@ class Checkpoint:
         return out
 
 
+def _claim_counter(db: sqlite3.Connection) -> tuple[str, int]:
+    """This state's claim prefix and claim count, made on first use (inside a transaction)."""
+    rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('claim_prefix', 'claims')"))
+    if "claim_prefix" not in rows:
+        rows = {"claim_prefix": secrets.token_hex(4), "claims": 0}
+        db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(rows.items()))
+    return str(rows["claim_prefix"]), int(rows["claims"])
+
+
 class Transaction:
     """Writes that must land together with the shard offsets they describe."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+
+    def end_sources(self, ends: list[tuple[int, str, str, str | None]]) -> None:
+        """Finish sources in this transaction: (id, status, path, reason) each."""
+        now = time.time()
+        self.db.executemany(
+            "UPDATE sources SET status = ?, path = ?, reason = ?, finished_at = ? WHERE id = ?",
+            [(status, path, reason, now, sid) for sid, status, path, reason in ends],
+        )
 
     def dedupe(self, job: str, digests: list[int]) -> list[bool]:
         """For each digest, True if it is new to the job (and now remembered)."""

@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -28,9 +29,10 @@ from synthd import memory, notify
 from synthd.checkpoint import Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
-from synthd.errors import ConfigError, WriterFailed
+from synthd.errors import ConfigError, DaemonFailed, WriterFailed
 from synthd.feeder import Feeder
 from synthd.filters import FilterChain
+from synthd.looplag import LoopLag
 from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source
 from synthd.pipeline import Dispatcher, JobRuntime
@@ -40,6 +42,7 @@ from synthd.writer import Writer
 log = structlog.get_logger("synthd.daemon")
 
 STATE_FILE = "synthd.db"
+_FAILED_CLOSE_S = 5.0  # how long a failed daemon lets the writer finish its batch
 
 
 class Daemon:
@@ -61,6 +64,8 @@ class Daemon:
         self.http_port: int | None = None
         self._progress_log = ProgressLog()
         self.started = time.time()
+        self.failure: tuple[str, str] | None = None  # (task, error) that stopped the daemon
+        self.loop_lag = LoopLag()
 
     # -- run ---------------------------------------------------------------
 
@@ -77,15 +82,14 @@ class Daemon:
         writer_task = asyncio.create_task(self.writer.run(), name="writer")
         writer_task.add_done_callback(self._writer_ended)
         service = await self._start_service()
-        feeders = [
-            asyncio.create_task(self.feeder.feed(name), name=f"feed-{name}") for name in self.jobs
-        ]
+        feeders = [self._supervised(self.feeder.feed(name), f"feed-{name}") for name in self.jobs]
         tickers = [
-            asyncio.create_task(self._progress(), name="progress"),
-            asyncio.create_task(memory.release_freed_memory(), name="trim"),
+            self._supervised(self._progress(), "progress"),
+            self._supervised(memory.release_freed_memory(), "trim"),
+            self._supervised(self.loop_lag.run(), "loop_lag"),
         ]
         if (interval := notify.watchdog_interval_s()) is not None:
-            tickers.append(asyncio.create_task(self._watchdog(interval / 2), name="watchdog"))
+            tickers.append(self._supervised(self._watchdog(interval / 2), "watchdog"))
         self.ready.set()
         notify.notify("READY=1")
         log.info("started", jobs=list(self.jobs), once=self.once, pid=os.getpid())
@@ -109,22 +113,52 @@ class Daemon:
             self.writer.close_files()
             self.checkpoint.close()
             self._log_progress(final=True)
-            log.info("stopped", outstanding=self.feeder.outstanding)
+            log.info(
+                "stopped",
+                outstanding=self.feeder.outstanding,
+                loop_lag_p99_ms=round(1000 * self.loop_lag.quantile(0.99), 1),
+                loop_lag_max_ms=round(1000 * self.loop_lag.max_s, 1),
+            )
+        if self.failure is not None and self.failure[0] != "writer":
+            raise DaemonFailed(*self.failure)
         if writer_task.cancelled() or writer_task.exception() is not None:
             raise WriterFailed(str(self.config.paths.out), "the writer stopped; see the log")
         return 0
+
+    def _supervised(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A long-lived task whose death, whatever the cause, is seen: see ``_task_ended``."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """Crash-only: a task that died of something no single file explains stops the
+        daemon, which exits non-zero so that its supervisor restarts it into recovery."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        self._fail(task.get_name(), exc)
+
+    def _fail(self, task: str, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = (task, str(exc) or repr(exc))
+            log.error("daemon_failed", task=task, error=self.failure[1], exc_info=exc)
+        self._stop.set()
+        self._force.set()  # nothing is waited for: what is not durable is redone on restart
 
     async def _close_writer(self, writer_task: asyncio.Task[None]) -> None:
         """Let the writer commit what it holds. Only a second signal while the
         output is blocked gives up on it: those items are redone on the next
         start, and a failed batch is always cut back out of the files."""
         close = asyncio.ensure_future(asyncio.shield(self.writer.close()))
+        if self.failure is not None:
+            # A failed daemon exits soon whatever the writer does: it is restarted.
+            await asyncio.wait([close], timeout=_FAILED_CLOSE_S)
         while not close.done():
             force = asyncio.create_task(self._force.wait())
             waits: list[asyncio.Future[Any]] = [close, force]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             force.cancel()
-            if not close.done() and self.writer.blocked is not None:
+            if not close.done() and (self.writer.blocked is not None or self.failure is not None):
                 log.error("exit_while_blocked", blocked=self.writer.blocked)
                 writer_task.cancel()
                 close.cancel()
@@ -141,6 +175,8 @@ class Daemon:
         log.error("writer_failed", error=repr(exc), exc_info=exc)
         self._stop.set()
         self._force.set()
+        if self.failure is None:
+            self.failure = ("writer", str(exc) or repr(exc))
 
     async def _until_stopped(self) -> None:
         waits = [asyncio.create_task(self._stop.wait())]
@@ -238,7 +274,7 @@ class Daemon:
         self.feeder.committed(outcomes)
 
     def _source_done(self, src: Source, path: str) -> None:
-        log.info("file_done", job=src.job, file=src.name, moved_to=path)
+        log.debug("file_done", job=src.job, file=src.name, moved_to=path)
 
     # -- reporting ---------------------------------------------------------------
 

@@ -102,6 +102,15 @@ class WriterFailed(SynthdError):
         super().__init__(f"{path}: {detail}")
 
 
+class DaemonFailed(SynthdError):
+    """A long-lived task died of something no single file explains. Exit code 1:
+    the daemon is meant to be restarted (systemd, Docker) into recovery."""
+
+    def __init__(self, task: str, detail: str) -> None:
+        self.task = task
+        super().__init__(f"{task}: {detail}")
+
+
 class OutputBlocked(SynthdError):
     """The output or state folder cannot take writes (disk full, read-only)."""
 

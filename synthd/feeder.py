@@ -1,11 +1,17 @@
 """Feeding: claim a job's settled spool files and admit their items.
 
 One ``feed(job)`` task per job first resumes the files it had claimed before a
-restart, then claims new ones as they settle (claim = a checkpoint row, then a
-rename into ``.work/``). A claimed file is streamed item by item; each item
-takes one of its provider's admission slots (``max_in_flight`` + 256) before
-it is rendered, and the slot comes back when its outcome is committed. That
-bound is what keeps memory flat whatever the size of the spool.
+restart, then claims new ones as they settle, many in one transaction
+(``spool.claim_batch``). Files are opened and read in a worker thread, a batch
+of small files or a chunk of a large one at a time, so the event loop never
+waits on a disk. Each item takes one of its provider's admission slots
+(``max_in_flight`` + 256) and its bytes from the provider's byte budget before
+it is rendered; both come back when its outcome is committed. Those two bounds
+keep memory flat whatever the size of the spool or of its files.
+
+A failure that belongs to one file (unreadable, binary, changed while read)
+sends it to ``failed/`` and feeding goes on; anything else ends ``feed`` with
+the exception, which the daemon's supervision turns into a non-zero exit.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +31,10 @@ from synthd import spool
 from synthd.checkpoint import Checkpoint
 from synthd.config import Config
 from synthd.errors import InputError
-from synthd.models import Outcome, Source, WorkItem
+from synthd.models import BadLine, Outcome, Source, WorkItem
 from synthd.pipeline import Attempt, JobRuntime, prepare
 from synthd.records import bad_input
+from synthd.scanner import Scanner
 from synthd.writer import SourceEnd, Writer
 
 log = structlog.get_logger("synthd.feeder")
@@ -34,6 +42,41 @@ log = structlog.get_logger("synthd.feeder")
 # Items admitted beyond max_in_flight: enough that a sender finishing a request
 # finds the next one rendered and waiting, few enough to keep memory flat.
 ADMIT_AHEAD = 256
+# Bytes of input admitted and not yet durable, per provider. An item holds its
+# context three or four times over (fields, rendered text, request body, record),
+# so with 4 MB files this keeps the peak near 200 MB (bench/big_files.py); with
+# ordinary contexts of a few KB the slots bind long before it does.
+ADMIT_BYTES = 32 * 1024 * 1024
+CLAIM_BATCH = 256  # files claimed in one transaction (two directory fsyncs)
+READ_BATCH_BYTES = 8 * 1024 * 1024  # small files read in one trip to a thread
+CHUNK_ITEMS = 256  # items of a large file read in one trip to a thread
+CHUNK_BYTES = 4 * 1024 * 1024
+YIELD_EVERY = 32  # items rendered between two chances for the loop to do other work
+
+Thing = WorkItem | BadLine
+
+
+class ByteBudget:
+    """Bytes admitted and not yet durable: ``acquire`` waits while over the limit.
+
+    An item larger than the whole budget is let through when nothing else is
+    held, so no item waits forever.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, n: int) -> None:
+        while self.used and self.used + n > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
 
 
 class Feeder:
@@ -59,6 +102,9 @@ class Feeder:
             name: asyncio.Semaphore(cfg.max_in_flight + ADMIT_AHEAD)
             for name, cfg in config.providers.items()
         }
+        self.budgets = {name: ByteBudget(ADMIT_BYTES) for name in config.providers}
+        self._held: dict[tuple[int, int], int] = {}  # (source id, seq) -> bytes admitted
+        self._since_yield = 0
         self.outstanding = 0  # admitted items, plus files being read
         self.feeding = 0  # feed() tasks still running
         self.quiet = asyncio.Event()  # nothing left to read or to finish
@@ -68,7 +114,10 @@ class Feeder:
         """The writer made these durable: their slots are free again."""
         for o in outcomes:
             if (rt := self.jobs.get(o.source.job)) is not None:
-                self.slots[rt.job.config.provider].release()
+                provider = rt.job.config.provider
+                self.slots[provider].release()
+                if held := self._held.pop((o.source.id, o.seq), 0):
+                    self.budgets[provider].release(held)
         self.outstanding -= len(outcomes)
         self._check_quiet()
 
@@ -86,21 +135,22 @@ class Feeder:
         self.feeding += 1
         try:
             job_dir = self.config.paths.spool / name
+            cp = self.checkpoint
             await asyncio.to_thread(spool.ensure_layout, job_dir)
-            await asyncio.to_thread(self._sweep_work, job_dir)
-            for src in await asyncio.to_thread(self.checkpoint.active_sources, name):
-                if await asyncio.to_thread(self._claim_happened, job_dir, src):
-                    await self._read_source(name, src)
-            settler = spool.Settler(self.config.service.settle_s)
+            await asyncio.to_thread(spool.sweep_work, cp, job_dir)
+            for src in await asyncio.to_thread(cp.active_sources, name):
+                if await asyncio.to_thread(spool.claim_happened, cp, src):
+                    await self._resume_source(name, src)
+            scanner = Scanner(job_dir, self.config.service.settle_s)
+            loop = asyncio.get_running_loop()
+            stats = self.jobs[name].stats
             while not self._stop.is_set():
-                entries = await asyncio.to_thread(spool.scan, job_dir)
-                self.jobs[name].stats.bytes_unclaimed = sum(e.size for e in entries)
-                ready = settler.settled(entries, time.time_ns())
-                for entry in ready:
-                    if self._stop.is_set():
-                        return
-                    await self._take(name, job_dir, entry)
-                if self.once and not entries:
+                entries = await asyncio.to_thread(scanner.take, loop.time(), CLAIM_BATCH)
+                stats.bytes_unclaimed = scanner.bytes_waiting
+                if entries:
+                    await self._take(name, job_dir, entries)
+                    continue
+                if self.once and scanner.idle:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.config.service.scan_interval_s)
@@ -108,46 +158,34 @@ class Feeder:
             self.feeding -= 1
             self._check_quiet()
 
-    async def _take(self, name: str, job_dir: Path, entry: spool.Entry) -> None:
-        if entry.refused is not None:
-            await asyncio.to_thread(_refuse, job_dir, entry.name, "not_a_file", entry.refused)
-            log.warning("file_refused", job=name, file=entry.name, reason=entry.refused)
+    async def _take(self, name: str, job_dir: Path, entries: list[spool.Entry]) -> None:
+        """Claim a batch of settled entries and read what was claimed."""
+        for e in entries:
+            if e.refused is not None:
+                await asyncio.to_thread(spool.refuse, job_dir, e.name, "not_a_file", e.refused)
+                log.warning("file_refused", job=name, file=e.name, reason=e.refused)
+        names = [e.name for e in entries if e.refused is None]
+        if not names:
             return
-        src = await asyncio.to_thread(self._claim, name, job_dir, entry.name)
-        if src is not None:
-            await self._read_source(name, src)
+        fingerprint = self.jobs[name].job.fingerprint
+        sources, unclaimable = await asyncio.to_thread(
+            spool.claim_batch, self.checkpoint, name, job_dir, names, fingerprint
+        )
+        for filename, err in unclaimable:
+            await asyncio.to_thread(spool.refuse, job_dir, filename, "unclaimable", str(err))
+            log.warning("file_refused", job=name, file=filename, reason=str(err))
+        whole = [s for s in sources if self._kind(name, s) == "file"]
+        streamed = [s for s in sources if self._kind(name, s) != "file"]
+        await self._read_whole_files(name, whole)
+        for src in streamed:
+            if self._stop.is_set():
+                return
+            await self._stream_source(name, src, {})
 
-    def _sweep_work(self, job_dir: Path) -> None:
-        """Finish moves a crash interrupted: a finished source's file left in .work/."""
-        work = job_dir / spool.WORK
-        names = {p.name.split("-", 1)[0]: p for p in work.iterdir() if "-" in p.name}
-        for claim_id, target in self.checkpoint.ended_paths(names).items():
-            src_path = names[claim_id]
-            if str(src_path) != target and not Path(target).exists():
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                os.rename(src_path, target)
-                log.info("move_finished", file=src_path.name, moved_to=target)
+    def _kind(self, job: str, src: Source) -> str:
+        return items_mod.kind_of(src.name, self.jobs[job].job.config.input)
 
-    def _claim_happened(self, job_dir: Path, src: Source) -> bool:
-        """A crash between recording a claim and its rename leaves a row to drop."""
-        if Path(src.path).exists() or src.resume_seq > 0:
-            return True
-        self.checkpoint.forget_source(src.id)
-        log.info("claim_forgotten", job=src.job, file=src.name)
-        return False
-
-    def _claim(self, name: str, job_dir: Path, filename: str) -> Source | None:
-        """Record the claim, then rename: a crash between leaves a row to forget."""
-        job = self.jobs[name].job
-        claim_id = spool.new_claim_id()
-        target = job_dir / spool.WORK / f"{claim_id}-{filename}"
-        src = self.checkpoint.add_source(name, claim_id, filename, str(target), job.fingerprint)
-        if spool.claim(job_dir, filename, claim_id) is None:
-            self.checkpoint.forget_source(src.id)
-            return None
-        return src
-
-    async def _read_source(self, name: str, src: Source) -> None:
+    async def _resume_source(self, name: str, src: Source) -> None:
         rt = self.jobs[name]
         job = rt.job
         if src.fingerprint != job.fingerprint:
@@ -162,38 +200,69 @@ class Feeder:
                 )
             await asyncio.to_thread(self.checkpoint.set_fingerprint, src.id, job.fingerprint)
         done_after = await asyncio.to_thread(self.checkpoint.done_after, src.id, src.resume_seq)
+        await self._stream_source(name, src, done_after)
+
+    # -- small files: one item each, read many at a time -------------------------------
+
+    async def _read_whole_files(self, name: str, sources: list[Source]) -> None:
+        rt = self.jobs[name]
+        cfg = rt.job.config
+        max_bytes = self.config.service.max_line_bytes
+        provider = cfg.provider
+        pending = list(sources)
+        while pending and not self._stop.is_set():
+            self.outstanding += 1  # hold the files open while they are read
+            try:
+                read, pending = await asyncio.to_thread(
+                    _read_whole, pending, cfg.text_field, max_bytes
+                )
+            finally:
+                self.outstanding -= 1
+            for src, got, size in read:
+                rt.stats.bytes_claimed += size
+                if isinstance(got, Exception):
+                    await self._fail_source(name, src, got)
+                    continue
+                item, replaced = got
+                if replaced:
+                    log.warning("invalid_utf8_replaced", job=name, file=src.name, count=replaced)
+                rt.stats.bytes_read += size
+                self.writer.track(src, {})
+                await self._admit_one(rt, provider, item, size)
+                self.writer.submit(SourceEnd(src.id, 1))
+
+    # -- large files: streamed a chunk at a time -----------------------------------------
+
+    async def _stream_source(
+        self, name: str, src: Source, done_after: dict[int, tuple[int, int]]
+    ) -> None:
+        rt = self.jobs[name]
+        provider = rt.job.config.provider
         try:
-            await asyncio.to_thread(self._prepare_source, src)
-            # Opened here, with no await before the with-block: a stop arriving
-            # now cannot leave the file open.
-            f, reader = self._open_source(rt, src)
+            f, reader, watch, size = await asyncio.to_thread(self._open_source, rt, src)
         except (InputError, OSError) as e:
             await self._fail_source(name, src, e)
             return
         progress = self.writer.track(src, done_after)
-        slots = self.slots[job.config.provider]
         total = src.resume_seq
         self.outstanding += 1  # hold the source open while its items are read
         try:
             with f:
-                rt.stats.bytes_claimed += _size(src.path) - src.resume_offset
+                rt.stats.bytes_claimed += size - src.resume_offset
                 last_end = src.resume_offset
-                watch = spool.ClaimWatch(f.fileno(), src.path)
+                things = iter(reader)
                 loop = asyncio.get_running_loop()
-                for thing in reader:
-                    watch.check(loop.time())  # deleted, replaced, truncated: stop
-                    total = thing.seq + 1
-                    rt.stats.bytes_read += thing.end - last_end
-                    last_end = thing.end
-                    if thing.seq < progress.seq or thing.seq in progress.done:
-                        continue  # finished before a restart
-                    await slots.acquire()
-                    self.outstanding += 1
-                    rt.stats.items_queued += 1
-                    self._admit(rt, thing)
-                    if self._stop.is_set():
-                        return
-                watch.check()  # a truncated file ends early, as if it were whole
+                while chunk := await asyncio.to_thread(_next_chunk, things, watch, loop.time()):
+                    for thing in chunk:
+                        total = thing.seq + 1
+                        nbytes = thing.end - last_end
+                        rt.stats.bytes_read += nbytes
+                        last_end = thing.end
+                        if thing.seq < progress.seq or thing.seq in progress.done:
+                            continue  # finished before a restart
+                        await self._admit_one(rt, provider, thing, nbytes)
+                        if self._stop.is_set():
+                            return
         except InputError as e:
             await self._fail_source(name, src, e)
             return
@@ -209,21 +278,41 @@ class Feeder:
             return
         self.writer.submit(SourceEnd(src.id, total))
 
-    def _prepare_source(self, src: Source) -> None:
-        """Before a file's first read: make a UTF-16/32 file UTF-8 (blocking)."""
+    def _open_source(
+        self, rt: JobRuntime, src: Source
+    ) -> tuple[Any, items_mod.Reader, spool.ClaimWatch, int]:
+        """Open a claimed file where its work resumes (blocking): a UTF-16/32 file is
+        made UTF-8 first."""
+        path = Path(src.path)
         if src.resume_offset == 0 and src.resume_seq == 0:
-            codec = spool.transcode_if_bom(Path(src.path))
+            codec = spool.transcode_if_bom(path)
             if codec is not None:
                 log.info("transcoded", job=src.job, file=src.name, codec=codec)
-
-    def _open_source(self, rt: JobRuntime, src: Source) -> tuple[Any, items_mod.Reader]:
-        path = Path(src.path)
         f = open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
-        f.seek(src.resume_offset)
+        try:
+            f.seek(src.resume_offset)
+            watch = spool.ClaimWatch(f.fileno(), src.path)
+            size = watch.size
+        except OSError:
+            f.close()
+            raise
         cfg = rt.job.config
         kind = items_mod.kind_of(src.name, cfg.input)
         max_line = self.config.service.max_line_bytes
-        return f, items_mod.Reader(src, f, kind, cfg.text_field, max_line)
+        return f, items_mod.Reader(src, f, kind, cfg.text_field, max_line), watch, size
+
+    async def _admit_one(self, rt: JobRuntime, provider: str, thing: Thing, nbytes: int) -> None:
+        """Wait for a slot and the item's bytes, then render and queue it."""
+        await self.slots[provider].acquire()
+        await self.budgets[provider].acquire(nbytes)
+        self._held[(thing.source.id, thing.seq)] = nbytes
+        self.outstanding += 1
+        rt.stats.items_queued += 1
+        self._admit(rt, thing)
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await asyncio.sleep(0)  # rendering is CPU: let senders and the writer run
 
     def _admit(self, rt: JobRuntime, thing: WorkItem | Any) -> None:
         if isinstance(thing, WorkItem):
@@ -247,27 +336,76 @@ class Feeder:
         reason = e.reason if isinstance(e, InputError) else "unreadable"
         detail = e.detail if isinstance(e, InputError) else str(e)
         job_dir = self.config.paths.spool / name
-
-        def move() -> None:
-            self.writer.progress.pop(src.id, None)
-            current = Path(src.path)
-            if current.exists():
-                target = spool.fail(job_dir, current, src.name, reason, detail)
-            else:  # deleted while claimed: the report alone says what happened
-                target = spool.fail_missing(job_dir, src.name, reason, detail)
-            self.checkpoint.end_source(src.id, "failed", str(target), f"{reason}: {detail}")
-
-        await asyncio.to_thread(move)
+        self.writer.untrack(src.id)
+        await asyncio.to_thread(spool.fail_claimed, self.checkpoint, job_dir, src, reason, detail)
         log.error("file_failed", job=name, file=src.name, reason=reason, detail=detail)
 
 
-def _size(path: str) -> int:
+def _read_whole(
+    sources: list[Source], text_field: str, max_bytes: int
+) -> tuple[list[tuple[Source, tuple[WorkItem, int] | Exception, int]], list[Source]]:
+    """Read small claimed files into their one item each (blocking), up to
+    ``READ_BATCH_BYTES``; returns what was read and the sources left for later."""
+    out: list[tuple[Source, tuple[WorkItem, int] | Exception, int]] = []
+    budget = READ_BATCH_BYTES
+    for i, src in enumerate(sources):
+        if budget <= 0:
+            return out, sources[i:]
+        try:
+            raw = _read_file(src, max_bytes)
+            out.append((src, items_mod.whole_file_item(src, raw, max_bytes), len(raw)))
+            budget -= len(raw)
+        except (InputError, OSError) as e:
+            out.append((src, e, 0))
+    return out, []
+
+
+def _read_file(src: Source, max_bytes: int) -> bytes:
+    """A small file's bytes (one more than ``max_bytes`` at most), UTF-8 if it had a BOM.
+
+    Never asks for ``max_bytes`` at once: a read of 4 MB maps and unmaps a 4 MB
+    buffer, which would cost more than a small file's own read.
+    """
+    raw = _read_upto(src.path, max_bytes + 1)
+    if spool.bom_codec(raw[:4]) is not None:
+        codec = spool.transcode_if_bom(Path(src.path))
+        log.info("transcoded", job=src.job, file=src.name, codec=codec)
+        raw = _read_upto(src.path, max_bytes + 1)
+    return raw
+
+
+def _read_upto(path: str, most: int) -> bytes:
+    """Up to ``most`` bytes of a file. A short read of a regular file is its end, so a
+    small file costs one read, with a buffer its size rather than ``most``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
+        parts, total, ask = [], 0, 1 << 16
+        while total < most:
+            ask = min(ask, most - total)
+            chunk = os.read(fd, ask)
+            parts.append(chunk)
+            total += len(chunk)
+            if len(chunk) < ask:
+                break
+            ask *= 4
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
 
 
-def _refuse(job_dir: Path, name: str, reason: str, detail: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        spool.fail(job_dir, job_dir / name, name, reason, detail)
+def _next_chunk(things: Iterator[Thing], watch: spool.ClaimWatch, now: float) -> list[Thing]:
+    """The next items of a streamed file (blocking); empty at its end.
+
+    Raises ``InputError`` if the claimed file was deleted, replaced or resized.
+    """
+    watch.check(now)
+    chunk: list[Thing] = []
+    start = None
+    for thing in things:
+        chunk.append(thing)
+        start = thing.end if start is None else start
+        if len(chunk) >= CHUNK_ITEMS or thing.end - start >= CHUNK_BYTES:
+            break
+    if not chunk:
+        watch.check()  # a truncated file ends early, as if it were whole
+    return chunk

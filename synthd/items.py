@@ -23,12 +23,41 @@ from synthd.models import BadLine, Source, WorkItem
 
 SNIFF_BYTES = 8192
 _CHUNK = 1 << 16
+# orjson refuses to encode past 255 levels; a field sits a few levels down in
+# the record that carries it, so it must leave that much room (or the writer's
+# encode, not this line, would fail).
+_ROOM = 4
+_MAX_FIELD_DEPTH = 255 - _ROOM
 
 
 def sniff(head: bytes) -> None:
     """Refuse content that is not text. Raises ``InputError``."""
     if b"\x00" in head[:SNIFF_BYTES]:
         raise InputError("binary", "NUL bytes in the first 8 KiB: not a text file")
+
+
+def decode(raw: bytes) -> tuple[str, int]:
+    """UTF-8 text, invalid bytes replaced by U+FFFD; and how many were replaced."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        # U+FFFD already present in the input was not a replacement.
+        return text, text.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
+
+
+def whole_file_item(src: Source, raw: bytes, max_bytes: int) -> tuple[WorkItem, int]:
+    """A whole file's one item from its bytes (at most ``max_bytes`` + 1 of them), and
+    how many invalid bytes were replaced. Raises ``InputError``."""
+    if len(raw) > max_bytes:
+        raise InputError("too_large", f"more than {max_bytes} bytes in one context")
+    sniff(raw)
+    text, replaced = decode(raw)
+    text = text.lstrip("\ufeff").strip()
+    if not text:
+        raise InputError("empty", "the file is empty or holds only white space")
+    fields = {"context": text, "source": src.name, "line": "1"}
+    return WorkItem(src, 0, 1, len(raw), fields), replaced
 
 
 def kind_of(name: str, configured: str) -> str:
@@ -59,26 +88,18 @@ class Reader:
             yield from self._lines()
 
     def _decode(self, raw: bytes) -> str:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("utf-8", errors="replace")
-            # U+FFFD already present in the input was not a replacement.
-            self.replaced += text.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
-            return text
+        text, replaced = decode(raw)
+        self.replaced += replaced
+        return text
 
     def _whole_file(self) -> Iterator[WorkItem | BadLine]:
-        src = self.src
-        if src.resume_seq > 0:
+        if self.src.resume_seq > 0:
             return  # the one item is done already
-        raw = self.f.read(self.max_line_bytes + 1)
-        if len(raw) > self.max_line_bytes:
-            raise InputError("too_large", f"more than {self.max_line_bytes} bytes in one context")
-        sniff(raw)
-        text = self._decode(raw).lstrip("\ufeff").strip()
-        if not text:
-            raise InputError("empty", "the file is empty or holds only white space")
-        yield WorkItem(src, 0, 1, len(raw), {"context": text, "source": src.name, "line": "1"})
+        item, replaced = whole_file_item(
+            self.src, self.f.read(self.max_line_bytes + 1), self.max_line_bytes
+        )
+        self.replaced += replaced
+        yield item
 
     def _lines(self) -> Iterator[WorkItem | BadLine]:
         src, f = self.src, self.f
@@ -145,8 +166,24 @@ class Reader:
                 "missing_text",
                 f"line {line} has no non-empty string field {self.text_field!r}",
             )
-        fields = {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in obj.items()}
+        try:
+            fields = {k: v if isinstance(v, str) else _dumps_with_room(v) for k, v in obj.items()}
+        except orjson.JSONEncodeError:
+            return BadLine(
+                src,
+                seq,
+                line,
+                end,
+                "too_deep",
+                f"line {line} nests deeper than a record can hold ({_MAX_FIELD_DEPTH} levels)",
+            )
         fields.update(base)
         fields["context"] = value
         meta = {k: v for k, v in obj.items() if k != self.text_field}
         return WorkItem(src, seq, line, end, fields, meta or None)
+
+
+def _dumps_with_room(value: object) -> str:
+    """``value`` as JSON; raises ``JSONEncodeError`` if a record could not hold it."""
+    wrapped = orjson.dumps([[[[value]]]])  # _ROOM levels, checked in the same pass
+    return wrapped[_ROOM:-_ROOM].decode()

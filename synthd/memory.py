@@ -44,4 +44,6 @@ async def release_freed_memory() -> None:
     libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
     while True:
         await asyncio.sleep(TRIM_EVERY_S)
-        libc.malloc_trim(0)
+        # In a thread: on a fragmented heap one trim takes tens of ms, and ctypes
+        # lets go of the GIL for it, so the loop goes on meanwhile.
+        await asyncio.to_thread(libc.malloc_trim, 0)

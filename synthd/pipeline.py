@@ -209,6 +209,9 @@ class Dispatcher:
                 # is dead-lettered so it is accounted for, and the log says loudly why.
                 log.error("sender_bug", job=attempt.rt.job.name, error=repr(e), exc_info=e)
                 self._dead_letter(attempt, redact(repr(e)), "internal_error")
+            # Not kept while waiting for the next one: its slot is free once it is
+            # committed, and 512 idle senders must not hold 512 request bodies.
+            del attempt
 
     async def _send(self, a: Attempt) -> None:
         stats = a.rt.stats

@@ -1,7 +1,8 @@
 """The daemon's HTTP endpoint: ``/healthz`` (liveness and readiness), ``/metrics``.
 
 Bound to 127.0.0.1 by default: metrics name jobs and files, and nothing here
-needs to face a network. ``/healthz`` answers 200 while the event loop runs;
+needs to face a network. ``/healthz`` answers 200 while the event loop runs
+and no long-lived task has died (503 with the reason while a failed daemon exits);
 its ``ready`` field (and ``/readyz``, 503 until then) says whether every
 provider has answered at least once.
 """
@@ -15,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from synthd.looplag import LagCollector
 from synthd.metrics import StatsCollector
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
     registry.register(
         StatsCollector({n: rt.stats for n, rt in daemon.jobs.items()}, daemon.provider_stats)
     )
+    registry.register(LagCollector(daemon.loop_lag))
 
     used = {rt.job.config.provider for rt in daemon.jobs.values()}
 
@@ -38,13 +41,16 @@ async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
         return all(daemon.provider_stats[name].answered for name in used)
 
     async def healthz(_: web.Request) -> web.Response:
+        failure = daemon.failure
         return web.json_response(
             {
-                "status": "ok",
+                "status": "ok" if failure is None else "failing",
                 "ready": ready(),
                 "uptime_s": round(time.time() - daemon.started, 1),
                 "output_blocked": daemon.writer.blocked,
-            }
+                "failure": None if failure is None else {"task": failure[0], "error": failure[1]},
+            },
+            status=200 if failure is None else 503,
         )
 
     async def readyz(_: web.Request) -> web.Response:

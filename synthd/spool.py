@@ -1,4 +1,4 @@
-"""The spool: find input files, wait until they settle, claim them atomically.
+"""The spool file's whole life: claimed, swept after a crash, done, or failed.
 
 Layout of ``spool/<job>/``::
 
@@ -9,23 +9,33 @@ Layout of ``spool/<job>/``::
 
 A claim is one ``rename`` into ``.work/`` under a name no other claim uses,
 so two daemons sharing a spool can never take the same file: the loser's
-rename fails with ``FileNotFoundError``. Blocking file-system calls; the daemon
-runs them in a thread.
+rename fails with ``FileNotFoundError``. The checkpoint row comes first (a
+crash before the rename leaves a row that start-up forgets), and each rename
+the promise rests on is made durable with an fsync of both folders: a power
+cut must not undo a claim, or a move to done/, whose records are kept.
+Finding the files is ``synthd.scanner``'s. Blocking file-system calls; the
+daemon runs them in a thread.
 """
 
 from __future__ import annotations
 
 import codecs
 import os
-import secrets
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import structlog
 
+from synthd import crashpoints
+from synthd.checkpoint import Checkpoint
 from synthd.errors import InputError
+from synthd.models import Source
+
+log = structlog.get_logger("synthd.spool")
 
 WORK = ".work"
 DONE = "done"
@@ -59,18 +69,32 @@ def scan(job_dir: Path) -> list[Entry]:
     """The candidate names in a job's folder, oldest first. Follows no links."""
     entries = []
     with os.scandir(job_dir) as it:
-        for e in it:
-            if e.name.startswith(".") or e.name.endswith(_IGNORED_SUFFIXES):
-                continue
-            if e.name in _RESERVED and e.is_dir(follow_symlinks=False):
-                continue
-            st = e.stat(follow_symlinks=False)
-            entries.append(Entry(e.name, st.st_size, st.st_mtime_ns, _refusal(st.st_mode)))
+        for d in it:
+            if candidate_name(d) and (entry := entry_of(job_dir, d.name)) is not None:
+                entries.append(entry)
     entries.sort(key=lambda en: (en.mtime_ns, en.name))
     return entries
 
 
-def _refusal(mode: int) -> str | None:
+def candidate_name(d: os.DirEntry[str]) -> bool:
+    """Whether a listed name may be input (no stat: the type comes with the listing)."""
+    name = d.name
+    if name.startswith(".") or name.endswith(_IGNORED_SUFFIXES):
+        return False
+    return not (name in _RESERVED and d.is_dir(follow_symlinks=False))
+
+
+def entry_of(job_dir: Path, name: str) -> Entry | None:
+    """What ``name`` is now; None if it is gone (taken, or deleted since the listing)."""
+    try:
+        st = os.lstat(job_dir / name)
+    except FileNotFoundError:
+        return None
+    return Entry(name, st.st_size, st.st_mtime_ns, refusal(st.st_mode))
+
+
+def refusal(mode: int) -> str | None:
+    """Why a name of this file type can never be read as input; None for a regular file."""
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISLNK(mode):
@@ -80,39 +104,6 @@ def _refusal(mode: int) -> str | None:
     if stat.S_ISFIFO(mode):
         return "FIFO: only regular files are read"
     return "not a regular file"
-
-
-class Settler:
-    """Decides when a file has stopped changing and may be claimed.
-
-    A file is settled once two scans saw the same size and mtime and its mtime
-    is at least ``settle_s`` old. Pure: the caller passes the time.
-    """
-
-    def __init__(self, settle_s: float) -> None:
-        self.settle_ns = int(settle_s * 1e9)
-        self._seen: dict[str, tuple[int, int]] = {}
-
-    def settled(self, entries: list[Entry], now_ns: int) -> list[Entry]:
-        ready = []
-        seen: dict[str, tuple[int, int]] = {}
-        for e in entries:
-            sig = (e.size, e.mtime_ns)
-            old_enough = now_ns - e.mtime_ns >= self.settle_ns
-            if (
-                e.refused is not None
-                or (old_enough and self._seen.get(e.name) == sig)
-                or (old_enough and self.settle_ns == 0)
-            ):
-                ready.append(e)
-            else:
-                seen[e.name] = sig
-        self._seen = seen
-        return ready
-
-
-def new_claim_id() -> str:
-    return secrets.token_hex(4)
 
 
 def claim(job_dir: Path, name: str, claim_id: str) -> Path | None:
@@ -125,11 +116,155 @@ def claim(job_dir: Path, name: str, claim_id: str) -> Path | None:
     return target
 
 
+def claim_batch(
+    cp: Checkpoint, job: str, job_dir: Path, names: list[str], fingerprint: str
+) -> tuple[list[Source], list[tuple[str, OSError]]]:
+    """Claim settled files: one transaction records them all, then each is renamed.
+
+    Returns the sources claimed and the names whose rename failed for another
+    reason than a lost race (the caller refuses those). A crash between the
+    commit and a rename leaves a row that ``claim_happened`` forgets at start-up.
+    """
+    sources = cp.add_sources(job, job_dir / WORK, names, fingerprint)
+    crashpoints.hit("claim_recorded")
+    won, lost, refused = [], [], []
+    base = str(job_dir) + os.sep
+    for src in sources:
+        try:
+            os.rename(base + src.name, src.path)
+        except FileNotFoundError:
+            lost.append(src.id)  # another daemon, or the producer, took it first
+            continue
+        except OSError as e:
+            lost.append(src.id)
+            refused.append((src.name, e))
+            continue
+        won.append(src)
+    if won:
+        _fsync_dirs(job_dir / WORK, job_dir)
+        crashpoints.hit("claim_renamed")
+    if lost:
+        cp.forget_sources(lost)
+    return won, refused
+
+
+def claim_happened(cp: Checkpoint, src: Source) -> bool:
+    """A crash between recording a claim and its rename leaves a row to forget.
+
+    The claim surely happened if its file is in ``.work/`` or any of its items
+    is done (then a vanished file is reported, never silently forgotten).
+    """
+    if Path(src.path).exists() or src.resume_seq > 0 or cp.has_items(src.id):
+        return True
+    cp.forget_source(src.id)
+    log.info("claim_forgotten", job=src.job, file=src.name)
+    return False
+
+
+def sweep_work(cp: Checkpoint, job_dir: Path) -> None:
+    """Finish moves a crash interrupted: a finished source's file left in ``.work/``."""
+    work = job_dir / WORK
+    names = {p.name.split("-", 1)[0]: p for p in work.iterdir() if "-" in p.name}
+    moved: set[Path] = set()
+    for claim_id, target in cp.ended_paths(names).items():
+        src_path = names[claim_id]
+        if str(src_path) != target and not Path(target).exists():
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src_path, target)
+            moved.add(Path(target).parent)
+            log.info("move_finished", file=src_path.name, moved_to=target)
+    if moved:
+        _fsync_dirs(work, *moved)
+
+
+def done_targets(job_dir: Path, names: Iterable[str]) -> list[str]:
+    """Free names in ``done/`` for finished files: none taken, none given twice."""
+    folder = job_dir / DONE
+    folder.mkdir(parents=True, exist_ok=True)  # once a batch: someone may have removed it
+    base = str(folder) + os.sep
+    given: set[str] = set()
+    out = []
+    for name in names:
+        target, n = base + name, 1
+        while target in given or os.path.lexists(target):
+            n += 1
+            target = f"{base}{name}.{n}"
+        given.add(target)
+        out.append(target)
+    return out
+
+
+def move_finished(moves: list[tuple[Source, str]]) -> None:
+    """After the commit that says so: move finished files from ``.work/`` to ``done/``.
+
+    A file that cannot be moved stays in ``.work/`` and the next start's
+    ``sweep_work`` moves it: the checkpoint already holds its final path.
+    """
+    folders: set[str] = set()
+    for src, target in moves:
+        try:
+            os.rename(src.path, target)
+        except FileNotFoundError:
+            log.warning("source_vanished", job=src.job, file=src.name)
+            continue
+        except OSError as e:
+            log.error("source_move_failed", job=src.job, file=src.name, error=str(e))
+            continue
+        folders.add(os.path.dirname(src.path))
+        folders.add(os.path.dirname(target))
+        crashpoints.hit("source_moved")
+    try:
+        _fsync_dirs(*map(Path, folders))
+    except OSError as e:  # the commit stands; only a power cut now could undo a move
+        log.error("fsync_failed", folders=sorted(folders), error=str(e))
+
+
+def fail_claimed(cp: Checkpoint, job_dir: Path, src: Source, reason: str, detail: str) -> Path:
+    """Move a claimed file that cannot be processed to ``failed/``, and say so durably."""
+    current = Path(src.path)
+    if current.exists():
+        target = fail(job_dir, current, src.name, reason, detail)
+    else:  # deleted while claimed: the report alone says what happened
+        target = fail_missing(job_dir, src.name, reason, detail)
+    _fsync_dirs(current.parent, target.parent)
+    crashpoints.hit("source_moved")
+    cp.end_source(src.id, "failed", str(target), f"{reason}: {detail}")
+    return target
+
+
+def refuse(job_dir: Path, name: str, reason: str, detail: str) -> None:
+    """Move an unclaimable name (a link, a FIFO, a folder) to ``failed/`` with the reason."""
+    try:
+        target = fail(job_dir, job_dir / name, name, reason, detail)
+    except FileNotFoundError:
+        return
+    _fsync_dirs(job_dir, target.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames into or out of ``folder`` durable (a power cut keeps them)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dirs(*folders: Path) -> None:
+    for folder in dict.fromkeys(folders):
+        fsync_dir(folder)
+
+
+def bom_codec(head: bytes) -> str | None:
+    """The codec a UTF-16/32 byte-order mark at the start of ``head`` names, if any."""
+    return next((c for bom, c in _BOMS if head.startswith(bom)), None)
+
+
 def transcode_if_bom(path: Path) -> str | None:
     """Rewrite a UTF-16/32 file with a BOM as UTF-8 in place; return the codec."""
     with open(path, "rb") as f:
         head = f.read(4)
-    codec = next((c for bom, c in _BOMS if head.startswith(bom)), None)
+    codec = bom_codec(head)
     if codec is None:
         return None
     tmp = path.with_name(path.name + ".utf8.part")
@@ -147,6 +282,7 @@ def transcode_if_bom(path: Path) -> str | None:
         detail = f"starts with a {codec} BOM but is not valid {codec}: {e}"
         raise InputError("bad_encoding", detail) from e
     os.replace(tmp, path)
+    fsync_dir(path.parent)  # the claimed file is now the UTF-8 copy, for good
     return codec
 
 
@@ -199,6 +335,11 @@ class ClaimWatch:
         self._size = st.st_size
         self._every_s = every_s
         self._next: float | None = None
+
+    @property
+    def size(self) -> int:
+        """The file's size when it was opened."""
+        return self._size
 
     def check(self, now: float | None = None) -> None:
         if now is not None:

@@ -9,8 +9,9 @@ and commits each batch in a worker thread, in this order:
    (group fsync: one fsync per stream per batch, not per record);
 3. commit the checkpoint: the items, the new resume points and the shard
    offsets the checkpoint now vouches for;
-4. roll full shards to their final names; finish sources whose every item is
-   done (their spool file moves to ``done/``).
+   and the end of every source whose items are now all done;
+4. roll full shards to their final names; move finished sources' files to
+   ``done/`` (``spool.move_finished``).
 
 So a record is on disk before its item counts as done. A crash between 2 and 3
 leaves lines past the committed offset: ``recover`` adopts the complete items
@@ -314,7 +315,10 @@ class Writer:
                     stream.sync()
                 crashpoints.hit("shard_fsynced")
                 tx.record(outcomes)
-                tx.resume_points(self._advance(outcomes, ends))
+                moved = self._advance(outcomes, ends)
+                finished = self._end_sources(tx, outcomes, ends)
+                ended = {src.id for src, _ in finished}  # no resume point needed
+                tx.resume_points({k: v for k, v in moved.items() if k not in ended})
                 tx.shard_offsets(
                     {(*self._key[s], s.number): s.offset for s in touched if s.number is not None}
                 )
@@ -335,7 +339,10 @@ class Writer:
         self._unrotated.update(s for s in touched if s.full)
         with contextlib.suppress(OutputBlocked):  # retried, blocked, by the loop side
             self._rotate_pending()
-        return self._finish_sources()
+        for src, _ in finished:
+            self.progress.pop(src.id, None)
+        spool.move_finished(finished)
+        return finished
 
     def _rotate_pending(self) -> None:
         """Close every full shard. Raises ``OutputBlocked`` if the folder refuses.
@@ -397,24 +404,26 @@ class Writer:
                 p.total = e.total
         return moved
 
-    def _finish_sources(self) -> list[tuple[Source, str]]:
-        finished = []
-        for sid, p in list(self.progress.items()):
-            if not p.complete:
-                continue
-            del self.progress[sid]
-            src = p.source
-            job_dir = self.config.paths.spool / src.job
-            target = spool.unique_target(job_dir / spool.DONE, src.name)
-            self.cp.end_source(sid, "done", str(target), None)
-            try:
-                os.rename(src.path, target)
-            except FileNotFoundError:
-                log.warning("source_vanished", job=src.job, file=src.name)
-            except OSError as e:  # the next start's sweep of .work/ moves it
-                log.error("source_move_failed", job=src.job, file=src.name, error=str(e))
-            finished.append((src, str(target)))
+    def _end_sources(
+        self, tx: Transaction, outcomes: list[Outcome], ends: list[SourceEnd]
+    ) -> list[tuple[Source, str]]:
+        """In the batch's transaction: sources whose every item is now done end, with
+        their place in ``done/``. Their files move there once it is committed."""
+        ids = {o.source.id for o in outcomes} | {e.source_id for e in ends}
+        complete = [p.source for i in ids if (p := self.progress.get(i)) is not None and p.complete]
+        if not complete:
+            return []
+        finished: list[tuple[Source, str]] = []
+        for job in {src.job for src in complete}:
+            mine = [src for src in complete if src.job == job]
+            targets = spool.done_targets(self.config.paths.spool / job, [s.name for s in mine])
+            finished.extend(zip(mine, targets, strict=True))
+        tx.end_sources([(src.id, "done", path, None) for src, path in finished])
         return finished
+
+    def untrack(self, source_id: int) -> None:
+        """Stop following a source that failed (on the loop; its items may still arrive)."""
+        self.progress.pop(source_id, None)
 
     def close_files(self) -> None:
         """On a clean stop every open shard gets its final name: the run is whole."""

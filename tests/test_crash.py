@@ -49,6 +49,14 @@ def all_lines(work: Workdir, job: str) -> list[dict[str, object]]:
     return out
 
 
+def wait_for_done(path: Path, timeout_s: float = 20.0) -> None:
+    """A file that went well gets no info log line: watch for it in done/ instead."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} not done within {timeout_s}s"
+        time.sleep(0.05)
+
+
 def wait_for_event(work: Workdir, event: str, timeout_s: float = 20.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     log = work.path / "daemon.log"
@@ -141,7 +149,7 @@ def test_sighup_reloads_config_without_dropping_work(work: Workdir, sim_url: str
     (spool / "first.txt").write_text("\n".join(f"topic {i}" for i in range(200)))
     proc = start(work)
     try:
-        wait_for_event(work, "file_done")
+        wait_for_done(spool / "done" / "first.txt")
         cfg.write_text(cfg.read_text().replace("temperature = 0.5", "temperature = 0.9"))
         proc.send_signal(signal.SIGHUP)
         reloaded = wait_for_event(work, "reloaded")

@@ -266,7 +266,8 @@ def test_run_log_file_gets_json_lines(work: Workdir) -> None:
     events = [orjson.loads(line) for line in log_file.read_bytes().splitlines()]
     names = [e["event"] for e in events]
     assert names[0] == "recovered" and names[-1] == "stopped"
-    assert {"started", "file_done", "summary"} <= set(names)
+    assert {"started", "summary"} <= set(names)
+    assert "file_done" not in names  # a file that went well: debug only
     assert all({"timestamp", "level"} <= e.keys() for e in events)
     summary = next(e for e in events if e["event"] == "summary")
     assert summary["job"] == "q" and summary["done"] == 3

@@ -1,17 +1,20 @@
-"""synthd.spool: scanning, settling and claiming real files in a tmp_path spool."""
+"""synthd.spool and synthd.scanner: scanning, settling, claiming real files in a tmp spool."""
 
 from __future__ import annotations
 
 import codecs
 import os
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
 from synthd import spool
+from synthd.checkpoint import Checkpoint
 from synthd.errors import InputError
-from synthd.spool import Entry, Settler
+from synthd.scanner import Scanner, Settler
+from synthd.spool import Entry
 
 SECOND = 1_000_000_000
 
@@ -83,63 +86,103 @@ def test_a_regular_file_named_like_a_reserved_folder_is_input(tmp_path: Path) ->
 # -- settling ----------------------------------------------------------------------
 
 
-def test_a_file_is_ready_after_two_equal_scans_once_old_enough(job_dir: Path) -> None:
+def test_a_file_is_ready_once_unchanged_for_settle_s(job_dir: Path) -> None:
     drop(job_dir, "a.txt", mtime_s=1_000)
     settler = Settler(settle_s=1.0)
-    t0 = 1_000 * SECOND
     entries = spool.scan(job_dir)
-    assert settler.settled(entries, t0 + 5 * SECOND) == []  # first sight
-    assert settler.settled(spool.scan(job_dir), t0 + 6 * SECOND) == entries
+    assert settler.settled(entries, 50.0) == []  # first sight
+    assert settler.settled(spool.scan(job_dir), 50.5) == []  # unchanged, not for long enough
+    assert settler.settled(spool.scan(job_dir), 51.0) == entries
 
 
 def test_a_growing_file_is_not_ready(job_dir: Path) -> None:
     settler = Settler(settle_s=1.0)
-    t0 = 1_000 * SECOND
     drop(job_dir, "a.txt", b"part", mtime_s=1_000)
-    assert settler.settled(spool.scan(job_dir), t0 + 5 * SECOND) == []
+    assert settler.settled(spool.scan(job_dir), 0.0) == []
     drop(job_dir, "a.txt", b"part and more", mtime_s=1_000)  # same mtime, new size
-    assert settler.settled(spool.scan(job_dir), t0 + 6 * SECOND) == []
+    assert settler.settled(spool.scan(job_dir), 1.0) == []
     drop(job_dir, "a.txt", b"part and more", mtime_s=1_001)  # same size, new mtime
-    assert settler.settled(spool.scan(job_dir), t0 + 7 * SECOND) == []
-    ready = settler.settled(spool.scan(job_dir), t0 + 8 * SECOND)
+    assert settler.settled(spool.scan(job_dir), 2.0) == []
+    ready = settler.settled(spool.scan(job_dir), 3.0)
     assert [e.name for e in ready] == ["a.txt"]
 
 
-def test_a_file_too_recent_waits_for_settle_s(job_dir: Path) -> None:
+def test_mtime_in_the_future_or_past_does_not_matter(job_dir: Path) -> None:
+    """Only the caller's clock counts: a file from a clock set ahead is not held forever."""
+    ahead = int(time.time()) + 3600
+    drop(job_dir, "future.txt", mtime_s=ahead)
+    drop(job_dir, "past.txt", mtime_s=1)
     settler = Settler(settle_s=2.0)
-    t0 = 1_000 * SECOND
-    drop(job_dir, "a.txt", mtime_s=1_000)
-    assert settler.settled(spool.scan(job_dir), t0 + SECOND // 2) == []
-    assert settler.settled(spool.scan(job_dir), t0 + SECOND) == []  # unchanged, too young
-    assert settler.settled(spool.scan(job_dir), t0 + 2 * SECOND - 1) == []
-    assert len(settler.settled(spool.scan(job_dir), t0 + 2 * SECOND)) == 1
+    assert settler.settled(spool.scan(job_dir), 10.0) == []
+    assert settler.settled(spool.scan(job_dir), 11.9) == []
+    ready = settler.settled(spool.scan(job_dir), 12.0)
+    assert {e.name for e in ready} == {"future.txt", "past.txt"}
 
 
 def test_a_vanished_file_is_forgotten(job_dir: Path) -> None:
     settler = Settler(settle_s=1.0)
-    t0 = 1_000 * SECOND
     path = drop(job_dir, "a.txt", mtime_s=1_000)
-    settler.settled(spool.scan(job_dir), t0 + 5 * SECOND)
+    settler.settled(spool.scan(job_dir), 5.0)
     path.unlink()
-    assert settler.settled(spool.scan(job_dir), t0 + 6 * SECOND) == []
+    assert settler.settled(spool.scan(job_dir), 6.0) == []
     drop(job_dir, "a.txt", mtime_s=1_000)  # back, identical: seen afresh
-    assert settler.settled(spool.scan(job_dir), t0 + 7 * SECOND) == []
-    assert len(settler.settled(spool.scan(job_dir), t0 + 8 * SECOND)) == 1
+    assert settler.settled(spool.scan(job_dir), 7.0) == []
+    assert len(settler.settled(spool.scan(job_dir), 8.0)) == 1
 
 
 def test_refused_entries_are_ready_at_once(job_dir: Path) -> None:
     os.mkfifo(job_dir / "pipe")
     settler = Settler(settle_s=60.0)
-    ready = settler.settled(spool.scan(job_dir), 0)
+    ready = settler.settled(spool.scan(job_dir), 0.0)
     assert [e.name for e in ready] == ["pipe"]
 
 
 def test_settle_zero_takes_files_at_first_sight(job_dir: Path) -> None:
     drop(job_dir, "a.txt", mtime_s=1_000)
-    settler = Settler(settle_s=0.0)
-    assert len(settler.settled(spool.scan(job_dir), 1_000 * SECOND)) == 1
-    # A clock behind the file's mtime (clock skew) still waits.
-    assert Settler(0.0).settled(spool.scan(job_dir), 999 * SECOND) == []
+    assert len(Settler(settle_s=0.0).settled(spool.scan(job_dir), 0.0)) == 1
+
+
+# -- the scanner -------------------------------------------------------------------
+
+
+def test_the_scanner_hands_out_each_settled_file_once_oldest_first(job_dir: Path) -> None:
+    for i in range(5):
+        drop(job_dir, f"f{i}.txt", mtime_s=2_000 - i)
+    drop(job_dir, "ignored.tmp")
+    scanner = Scanner(job_dir, settle_s=0.0)
+
+    def take(now: float) -> list[str]:
+        names = [e.name for e in scanner.take(now, 3)]
+        for name in names:
+            (job_dir / name).unlink()  # claimed
+        return names
+
+    assert take(0.0) == ["f4.txt", "f3.txt", "f2.txt"]
+    assert take(0.1) == ["f1.txt", "f0.txt"]
+    assert take(0.2) == []
+
+
+def test_the_scanner_lists_the_folder_only_when_it_changed(job_dir: Path) -> None:
+    for i in range(3):
+        drop(job_dir, f"f{i}.tmp")  # a busy folder where nothing is ready
+    scanner = Scanner(job_dir, settle_s=0.0)
+    for t in range(10):
+        assert scanner.take(float(t), 10) == []
+    assert scanner.listings == 2  # the first look, and the one that confirmed it
+    assert scanner.idle
+    drop(job_dir, "new.txt")
+    assert [e.name for e in scanner.take(11.0, 10)] == ["new.txt"]
+    assert not scanner.idle
+
+
+def test_the_scanner_forgets_a_settling_file_that_vanished(job_dir: Path) -> None:
+    path = drop(job_dir, "a.txt")
+    scanner = Scanner(job_dir, settle_s=1.0)
+    assert scanner.take(0.0, 10) == []
+    assert scanner.bytes_waiting == path.stat().st_size
+    path.unlink()
+    assert scanner.take(2.0, 10) == []
+    assert scanner.bytes_waiting == 0
 
 
 # -- claiming ----------------------------------------------------------------------
@@ -156,17 +199,38 @@ def test_claim_is_a_rename_into_work(job_dir: Path) -> None:
 
 def test_the_losing_claim_gets_none(job_dir: Path) -> None:
     drop(job_dir, "a.txt", b"content\n")
-    first = spool.claim(job_dir, "a.txt", spool.new_claim_id())
-    second = spool.claim(job_dir, "a.txt", spool.new_claim_id())
+    first = spool.claim(job_dir, "a.txt", "c1")
+    second = spool.claim(job_dir, "a.txt", "c2")
     assert first is not None and first.read_bytes() == b"content\n"
     assert second is None
     assert list((job_dir / spool.WORK).iterdir()) == [first]
 
 
-def test_claim_ids_are_short_and_distinct() -> None:
-    ids = {spool.new_claim_id() for _ in range(100)}
-    assert len(ids) == 100
-    assert all(len(i) == 8 and int(i, 16) >= 0 for i in ids)
+def test_claim_ids_are_distinct_by_construction(job_dir: Path, tmp_path: Path) -> None:
+    cp = Checkpoint(tmp_path / "state.db")
+    names = [f"f{i}.txt" for i in range(300)]
+    first = cp.add_sources("q", job_dir / spool.WORK, names, "fp")
+    cp.forget_sources([s.id for s in first[:10]])  # forgotten ids are never given again
+    second = cp.add_sources("q", job_dir / spool.WORK, names, "fp")
+    claims = [s.claim for s in first + second]
+    assert len(set(claims)) == 600
+    assert all("-" not in c and len(c) > 8 for c in claims)  # never an old 8-digit id
+    assert len({c[:8] for c in claims}) == 1  # one prefix per state
+    cp.close()
+
+
+def test_claim_batch_claims_and_forgets_the_races_it_lost(job_dir: Path, tmp_path: Path) -> None:
+    cp = Checkpoint(tmp_path / "state.db")
+    for name in ("a.txt", "b.txt", "c.txt"):
+        drop(job_dir, name)
+    (job_dir / "b.txt").unlink()  # taken by someone else after the scan
+    won, refused = spool.claim_batch(cp, "q", job_dir, ["a.txt", "b.txt", "c.txt"], "fp")
+    assert [s.name for s in won] == ["a.txt", "c.txt"] and refused == []
+    assert sorted(p.name for p in (job_dir / spool.WORK).iterdir()) == sorted(
+        Path(s.path).name for s in won
+    )
+    assert [s.name for s in cp.active_sources("q")] == ["a.txt", "c.txt"]
+    cp.close()
 
 
 # -- transcoding -------------------------------------------------------------------
