@@ -166,6 +166,8 @@ class Budget:
         self._ok_history: deque[int] = deque(maxlen=_OBSERVE_S)
         self._last_limited = -1e9
         self.rate_limited = 0
+        self.refunds = 0
+        self.refunded_tokens = 0
         self.adopted_limits: dict[str, int] = {}
 
     @property
@@ -205,6 +207,12 @@ class Budget:
         # Credit is bounded: a run of over-estimates must not turn into a burst.
         self._debt = max(self._debt, -self._tokens.max_rate)
 
+    def refund(self, reserved: int) -> None:
+        """Give back the tokens of an attempt that failed: the provider served nothing."""
+        self.refunds += 1
+        self.refunded_tokens += reserved
+        self.settle(reserved, 0)
+
     def accepted(self, now: float) -> None:
         """Count a request the server admitted (for what a 429 teaches us)."""
         self._roll(now)
@@ -234,7 +242,7 @@ class Budget:
         loop = asyncio.get_running_loop()
         now = loop.time()
         pause = retry_after_s if retry_after_s is not None else 1.0
-        until = now + min(max(pause, 0.0), 60.0)
+        until = now + min(max(pause, 0.0), self.cfg.retry_after_max_s)
         self._last_limited = now
         observed_rpm = self._observed_rpm(now)
         if observed_rpm is not None and observed_rpm < self.rpm:

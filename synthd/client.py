@@ -25,6 +25,7 @@ from synthd.errors import (
     ConnectionLost,
     MalformedResponse,
     ProviderError,
+    QuotaExhausted,
     RateLimited,
     Rejected,
     ServerError,
@@ -118,6 +119,8 @@ def status_error(status: int, raw: bytes, headers: Mapping[str, str]) -> Provide
         # OpenAI's answer to one request above the whole per-minute limit: no
         # wait can make it pass, so it is refused, not retried.
         return Rejected(f"HTTP 429: {message}", status)
+    if status == 429 and _error_code(raw) == "insufficient_quota":
+        return QuotaExhausted(f"HTTP 429: {message}", status)
     if status == 429:
         return RateLimited(message, retry_after(headers))
     if status >= 500 or status in _RETRYABLE_4XX:
@@ -135,6 +138,15 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def _error_code(raw: bytes) -> str | None:
+    """OpenAI's ``error.code`` (or ``error.type``) of an error body, if it has one."""
+    try:
+        error = orjson.loads(raw)["error"]
+        return str(error.get("code") or error.get("type") or "")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _error_message(raw: bytes) -> str:

@@ -30,7 +30,7 @@ from synthd.logs import redact
 from synthd.metrics import JobStats, ProviderStats
 from synthd.models import BadLine, Outcome, Rejection, WorkItem
 from synthd.prompts import request_body
-from synthd.retry import retry_delay_s
+from synthd.retry import capped_wait_s, retry_delay_s
 from synthd.writer import Writer
 
 log = structlog.get_logger("synthd.pipeline")
@@ -238,14 +238,18 @@ class Dispatcher:
     def _failed(self, a: Attempt, e: ProviderError) -> None:
         stats = a.rt.stats
         stats.count(str(e.status) if e.status else e.kind)
-        a.attempts += 1
-        retry_after = None
+        self.budget.refund(a.reserved)
         if e.rate is not None:
             self.budget.observe(e.rate)
         if isinstance(e, RateLimited):
+            # "Too many" says nothing about the item: it is not an attempt, and it goes
+            # back to the queue at once, where the budget's pause holds every sender.
             self.stats.rate_limited += 1
-            retry_after = e.retry_after_s
-            self.budget.rate_limited_for(retry_after)
+            stats.retries += 1
+            self.budget.rate_limited_for(capped_wait_s(e.retry_after_s, self.cfg.retry_after_max_s))
+            self.submit(a)
+            return
+        a.attempts += 1
         if isinstance(e, Retryable) and a.attempts < self.cfg.max_attempts:
             stats.retries += 1
             delay = retry_delay_s(
@@ -253,7 +257,7 @@ class Dispatcher:
                 self.cfg.backoff_base_s,
                 self.cfg.backoff_max_s,
                 self._rng.random(),
-                retry_after,
+                None,
             )
             self._retry_later(a, delay)
             return
