@@ -43,6 +43,10 @@ class Client(Protocol):
         """True if the server answers ``GET /models`` with any HTTP status."""
         ...
 
+    async def serving(self) -> bool:
+        """True if the server answers ``GET /models`` with a success: it is up and serving."""
+        ...
+
     async def close(self) -> None: ...
 
     async def complete(self, api: str, body: bytes) -> tuple[Reply, RateHeaders | None]:
@@ -88,6 +92,15 @@ class HttpClient:
             async with self._session.get(f"{self.cfg.base_url}/models") as resp:
                 await resp.read()
                 return True
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def serving(self) -> bool:
+        assert self._session is not None, "start() first"
+        try:
+            async with self._session.get(f"{self.cfg.base_url}/models") as resp:
+                await resp.read()
+                return resp.status < 400
         except (aiohttp.ClientError, TimeoutError):
             return False
 
@@ -220,6 +233,15 @@ class SdkClient:
             await self._client.models.list()
         except openai.APIStatusError:
             return True  # it answered, if only to refuse
+        except openai.APIError:
+            return False
+        return True
+
+    async def serving(self) -> bool:
+        import openai
+
+        try:
+            await self._client.models.list()
         except openai.APIError:
             return False
         return True
