@@ -238,7 +238,7 @@ class Dispatcher:
         try:
             reply, rate = await self.client.complete(a.rt.job.config.api, a.body)
         except ProviderError as e:
-            self._failed(a, e, probe)
+            self._failed(a, e, probe, started)
             return
         finally:
             self.stats.in_flight -= 1
@@ -246,7 +246,6 @@ class Dispatcher:
         self._answered(now)
         stats.observe_latency(now - started)
         stats.count("200")
-        self.budget.accepted(now)
         self.stats.answered = True
         if rate is not None:
             self.budget.observe(rate)
@@ -311,7 +310,9 @@ class Dispatcher:
             actual = token_estimate(prompt, cfg.max_tokens, cfg.samples)
         self.budget.settle(a.reserved, actual)
 
-    def _failed(self, a: Attempt, e: ProviderError, probe: bool = False) -> None:
+    def _failed(
+        self, a: Attempt, e: ProviderError, probe: bool = False, sent_at: float | None = None
+    ) -> None:
         stats = a.rt.stats
         stats.count(str(e.status) if e.status else e.kind)
         self.budget.refund(a.reserved)
@@ -324,7 +325,8 @@ class Dispatcher:
             self._answered(now)
             self.stats.rate_limited += 1
             stats.retries += 1
-            self.budget.rate_limited_for(capped_wait_s(e.retry_after_s, self.cfg.retry_after_max_s))
+            wait = capped_wait_s(e.retry_after_s, self.cfg.retry_after_max_s)
+            self.budget.rate_limited_for(wait, sent_at)
             self.submit(a)
             return
         if not isinstance(e, Retryable) or not _provider_down_sign(e):
