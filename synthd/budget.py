@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import structlog
 from aiolimiter import AsyncLimiter
 
 from synthd.config import ProviderConfig
+from synthd.headers import RateHeaders as RateHeaders
+from synthd.headers import parse_duration as parse_duration
 
 log = structlog.get_logger("synthd.budget")
 
@@ -52,13 +51,6 @@ _DOUBLE_S = 20.0  # and beyond it, twice that rate this long after
 _WINDOW_PAUSE_S = 10.0  # a pause at least this long comes from a windowed limiter
 _SENT_WINDOW_S = 1.0  # sends measured over this long (less just after a pause)
 _RATE_STEP = 0.05  # rebuild the buckets when the rate moved by this share
-_RATE_HEADERS = (
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-tokens",
-)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 # -- pure arithmetic -------------------------------------------------------
@@ -82,60 +74,6 @@ class Calibration:
     def learn(self, chars: int, tokens: int) -> None:
         if tokens > 0 and chars > 0:
             self.chars_per_token += 0.05 * (chars / tokens - self.chars_per_token)
-
-
-def parse_duration(text: str) -> float | None:
-    """OpenAI's reset format (``6m0s``, ``1s``, ``250ms``, ``1h2m3.5s``) in seconds."""
-    total, pos = 0.0, 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        value = float(m.group(1))
-        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
-        pos = m.end()
-    if pos == 0 or pos != len(text):
-        try:
-            return float(text)  # some servers send plain seconds
-        except ValueError:
-            return None
-    return total
-
-
-@dataclass(frozen=True, slots=True)
-class RateHeaders:
-    """The ``x-ratelimit-*`` headers of one response; None where absent."""
-
-    limit_requests: int | None
-    limit_tokens: int | None
-    remaining_requests: int | None
-    remaining_tokens: int | None
-    reset_requests_s: float | None
-    reset_tokens_s: float | None
-
-    @classmethod
-    def parse(cls, headers: Mapping[str, str]) -> RateHeaders | None:
-        if not any(name in headers for name in _RATE_HEADERS):
-            return None
-
-        def num(name: str) -> int | None:
-            v = headers.get(name)
-            try:
-                return None if v is None else int(float(v))
-            except (ValueError, OverflowError):  # "inf", "nan", garbage
-                return None
-
-        def dur(name: str) -> float | None:
-            v = headers.get(name)
-            return None if v is None else parse_duration(v)
-
-        return cls(
-            num("x-ratelimit-limit-requests"),
-            num("x-ratelimit-limit-tokens"),
-            num("x-ratelimit-remaining-requests"),
-            num("x-ratelimit-remaining-tokens"),
-            dur("x-ratelimit-reset-requests"),
-            dur("x-ratelimit-reset-tokens"),
-        )
 
 
 def cut_rate(sent: float, floor: float) -> float:
@@ -306,6 +244,21 @@ class Budget:
                 self._reopen_handle.cancel()
             self._reopen_handle = loop.call_at(until, self._reopen)
 
+    def hold(self, wait_s: float) -> None:
+        """Stop every sender for ``wait_s`` (capped), without cutting the rate: a quota
+        (an hour's, a day's) has run out and says when it comes back."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(max(wait_s, 0.0), self.cfg.retry_after_max_s)
+        if until > self._paused_until:
+            self._paused_until = until
+            self._open.clear()
+            if self._reopen_handle is not None:
+                self._reopen_handle.cancel()
+            self._reopen_handle = loop.call_at(until, self._reopen)
+            log.warning(
+                "quota_exhausted_hold", provider=self.name, wait_s=round(until - loop.time(), 1)
+            )
+
     def _cut_rates(self, now: float, pause: float) -> None:
         sent_rpm, sent_tpm = self._sent_rates(now)
         if pause >= _WINDOW_PAUSE_S:
@@ -347,6 +300,8 @@ class Budget:
         """Correct the local buckets from a response's rate-limit headers."""
         if not self.cfg.adapt_to_headers:
             return
+        if h.hold_s:
+            self.hold(h.hold_s)
         changed = False
         if h.limit_requests and h.limit_requests < self.rpm:
             self._adopt("rpm", h.limit_requests)

@@ -13,13 +13,13 @@ objects (aiohttp's request_info carries the Authorization header).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from synthd.budget import RateHeaders
 from synthd.config import ProviderConfig
 from synthd.errors import (
     ConnectionLost,
@@ -31,6 +31,7 @@ from synthd.errors import (
     ServerError,
     Timeout,
 )
+from synthd.headers import RateHeaders, parse_rate_headers, parse_retry_after
 from synthd.models import Choice, Reply
 
 _RETRYABLE_4XX = frozenset({408, 409})
@@ -142,15 +143,26 @@ def status_error(status: int, raw: bytes, headers: Mapping[str, str]) -> Provide
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asks us to wait: ``retry-after-ms`` is the precise one."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return float(value) * scale
-            except ValueError:
-                continue
-    return None
+    """Seconds a 429 asks us to wait: ``retry-after-ms``, ``retry-after`` (seconds or an HTTP
+    date), else the reset of whichever limit the rate headers say has run out."""
+    now = time.time()
+    hint = parse_retry_after(headers, now)
+    if hint is not None:
+        return hint
+    rate = parse_rate_headers(headers, now)
+    if rate is None:
+        return None
+    resets = [
+        reset
+        for left, reset in (
+            (rate.remaining_requests, rate.reset_requests_s),
+            (rate.remaining_tokens, rate.reset_tokens_s),
+        )
+        if left == 0 and reset is not None
+    ]
+    if rate.hold_s:
+        resets.append(rate.hold_s)
+    return max(resets) if resets else None
 
 
 def _error_code(raw: bytes) -> str | None:

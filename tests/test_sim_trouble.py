@@ -93,3 +93,13 @@ async def test_a_fixed_window_answers_a_constant_retry_after_without_limit_heade
     headers = results[2][1]
     assert headers["retry-after"] == "60"
     assert not [h for h in headers if "ratelimit" in h]
+
+
+async def test_one_spurious_429_below_every_limit() -> None:
+    async with running_sim(SimConfig(port=0, spurious_429_at=2)) as sim:
+        async with aiohttp.ClientSession() as session:
+            results = [await post(session, sim, chat()) for _ in range(4)]
+        stats = sim.stats()
+    assert [status for status, _, _ in results] == [200, 429, 200, 200]
+    assert results[1][1]["retry-after"] == "1"
+    assert stats["rate_limited"] == 1 and "spurious_429_at" in stats

@@ -48,6 +48,8 @@ class SimConfig:
     shared_rpm: int = 0  # another client on the same key, sending this many requests a minute
     max_concurrent: int = 0  # per key; above it a 429 with no headers at all; 0 = no limit
 
+    spurious_429_at: int = 0  # the n-th completion request (1-based) gets one 429; 0 = none
+
     outage_at_s: float = 0.0  # seconds after start-up
     outage_s: float = 0.0  # 0 = no outage
     outage_kind: OutageKind = "503"
@@ -93,8 +95,8 @@ class SimConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if self.shared_rpm < 0 or self.max_concurrent < 0:
-            raise ValueError("shared_rpm and max_concurrent must be >= 0")
+        if self.shared_rpm < 0 or self.max_concurrent < 0 or self.spurious_429_at < 0:
+            raise ValueError("shared_rpm, max_concurrent and spurious_429_at must be >= 0")
         for name, p in self.fault_probabilities().items():
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"p_{name} must be in [0, 1], got {p}")
@@ -177,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.max_concurrent,
         help="requests in progress per key; above it a bare 429 (0 = no limit)",
+    )
+
+    g.add_argument(
+        "--spurious-429-at",
+        type=int,
+        default=d.spurious_429_at,
+        help="answer the n-th request with one 429 (retry-after 1 s) below every limit",
     )
 
     g = p.add_argument_group("outage")

@@ -171,6 +171,7 @@ class Sim:
         self.outage = Outage(cfg.outage_at_s, cfg.outage_s) if cfg.outage_s > 0 else None
         self.born = time.monotonic()
         self._running: dict[str, int] = {}  # requests in progress per key (max_concurrent)
+        self.spurious_at: float | None = None
         self.faults = FaultPlan.from_probabilities(cfg.fault_probabilities(), cfg.fault_seed)
         self.latency = Latency(cfg)
         self.stopping = asyncio.Event()
@@ -277,6 +278,12 @@ class Sim:
             return self._respond(400, error_body(e.message, "invalid_request_error", e.param), {})
 
         charge = req.charged_tokens
+        if stats.requests == self.cfg.spurious_429_at:
+            # One 429 out of the blue, as a proxy or a provider's hiccup sends.
+            self.spurious_at = time.time()
+            self.stats.rate_limited += 1
+            body = error_body("Rate limit reached", "requests", None, "rate_limit_exceeded")
+            return self._respond(429, body, {"retry-after": "1"})
         admission = self.limiter.admit(
             api_key(request.headers.get("Authorization")), charge, asyncio.get_running_loop().time()
         )
@@ -354,6 +361,8 @@ class Sim:
         out = self.stats.snapshot(now)
         if isinstance(self.limiter, Limiter) and self.limiter.shared_rpm > 0:
             out["shared_admitted"] = self.limiter.shared_admitted()
+        if self.spurious_at is not None:
+            out["spurious_429_at"] = self.spurious_at
         if self.outage is not None:
             # In wall-clock seconds, as per_second is.
             start = now - (time.monotonic() - self.born) + self.outage.at_s
