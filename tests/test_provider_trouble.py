@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from synthd import config
+from synthd import config, status
 from synthd.circuit import Circuit
 from synthd.client import status_error
 from synthd.daemon import Daemon
@@ -163,7 +163,8 @@ async def test_an_outage_shows_in_readyz_healthz_and_metrics(work: Workdir) -> N
             work, sim.base_url, job(), service='listen = "127.0.0.1:0"', max_in_flight=8
         )
         spool_items(work, 20)
-        daemon = Daemon(config.load(work.path / "config" / "synthd.toml"), handle_signals=False)
+        cfg = config.load(work.path / "config" / "synthd.toml")
+        daemon = Daemon(cfg, handle_signals=False)
         seen, watch = watch_events("provider_down", "file_done")
         with capture_logs(processors=[watch]):
             task = asyncio.create_task(daemon.run())
@@ -177,6 +178,8 @@ async def test_an_outage_shows_in_readyz_healthz_and_metrics(work: Workdir) -> N
                         ready = (r.status, await r.json())
                     async with http.get(f"{base}/metrics") as r:
                         metrics = await r.text()
+                # In a thread: the daemon answering /metrics runs on this loop.
+                report = await asyncio.to_thread(status.collect, cfg, f"{base}/metrics")
                 await asyncio.wait_for(seen["file_done"].wait(), 15)
             finally:
                 daemon.stop()
@@ -187,6 +190,8 @@ async def test_an_outage_shows_in_readyz_healthz_and_metrics(work: Workdir) -> N
     assert 'synthd_provider_up{provider="default"} 0.0' in metrics
     live = parse_live(metrics)
     assert live is not None and live["default"].up is False
+    assert report.jobs[0].provider_up is False
+    assert "provider down" in status.render(report)
     assert len(work.lines("q")) == 20 and daemon.provider_stats["default"].up
 
 
