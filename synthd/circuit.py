@@ -44,10 +44,14 @@ class Circuit:
     def up(self) -> bool:
         return self.state == "up"
 
-    def answered(self, now: float) -> bool:
-        """The provider answered a request. True when this ends an outage."""
+    def answered(self, now: float, sent_at: float | None = None) -> bool:
+        """The provider answered a request sent at ``sent_at``. True when this ends an outage.
+
+        An answer to a request sent before the outage began is a straggler: it does not end
+        the outage (the circuit would flap: down, up, down).
+        """
         self._failing.clear()
-        if self.state == "up":
+        if self.state == "up" or (sent_at is not None and sent_at < self.since):
             return False
         self.state, self.since, self.probes = "up", now, 0
         return True

@@ -161,7 +161,8 @@ class Dispatcher:
         self.budget = Budget(name, cfg)
         self.circuit = Circuit()
         self._probe_ready = asyncio.Event()  # set: one sender may probe (or all: when up)
-        self._verdicts: list[tuple[Attempt, str]] = []  # out of attempts, cause unknown yet
+        # Out of attempts, cause unknown yet: (attempt, error, when it failed).
+        self._verdicts: list[tuple[Attempt, str, float]] = []
         self._verdict_task: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[Attempt] = asyncio.Queue()
         self._senders: list[asyncio.Task[None]] = []
@@ -243,7 +244,7 @@ class Dispatcher:
         finally:
             self.stats.in_flight -= 1
         now = loop.time()
-        self._answered(now)
+        self._answered(now, started)
         stats.observe_latency(now - started)
         stats.count("200")
         self.stats.answered = True
@@ -261,12 +262,12 @@ class Dispatcher:
                 stats.reject(r.reason)
         self.writer.submit(outcome)
 
-    def _answered(self, now: float) -> None:
+    def _answered(self, now: float, sent_at: float | None) -> None:
         """Any HTTP answer (a 429 or a 4xx too) proves the provider is up."""
         down_since = self.circuit.since
         if self._verdicts:
-            self._settle_verdicts(dead=True)
-        if self.circuit.answered(now):
+            self._settle_verdicts(dead=True, sent_after=sent_at)
+        if self.circuit.answered(now, sent_at):
             self.stats.up = True
             self._probe_ready.set()  # wakes every sender waiting at the circuit
             log.warning("provider_up", provider=self.name, down_s=round(now - down_since, 1))
@@ -322,7 +323,7 @@ class Dispatcher:
         if isinstance(e, RateLimited):
             # "Too many" says nothing about the item: it is not an attempt, and it goes
             # back to the queue at once, where the budget's pause holds every sender.
-            self._answered(now)
+            self._answered(now, sent_at)
             self.stats.rate_limited += 1
             stats.retries += 1
             wait = capped_wait_s(e.retry_after_s, self.cfg.retry_after_max_s)
@@ -330,7 +331,7 @@ class Dispatcher:
             self.submit(a)
             return
         if not isinstance(e, Retryable) or not _provider_down_sign(e):
-            self._answered(now)
+            self._answered(now, sent_at)
         elif self._provider_failed(a, e, now, probe):
             stats.retries += 1
             self.submit(a)  # waits at the circuit; the outage costs it no attempt
@@ -360,7 +361,7 @@ class Dispatcher:
         If neither happens within ``backoff_max_s`` (nothing else is being sent), the
         provider's ``GET /models`` decides: serving, a dead letter; not, back to the queue.
         """
-        self._verdicts.append((a, error))
+        self._verdicts.append((a, error, asyncio.get_running_loop().time()))
         if self._verdict_task is None:
             self._verdict_task = asyncio.create_task(self._verdict(), name=f"verdict-{self.name}")
 
@@ -374,10 +375,15 @@ class Dispatcher:
         finally:
             self._verdict_task = None
 
-    def _settle_verdicts(self, dead: bool) -> None:
+    def _settle_verdicts(self, dead: bool, sent_after: float | None = None) -> None:
+        """Dead-letter (or send again) the items waiting for a verdict. With ``sent_after``,
+        only those that failed before a request sent then was answered: a straggler's answer
+        (sent before the failure) does not show the provider was serving after it."""
         waiting, self._verdicts = self._verdicts, []
-        for a, error in waiting:
-            if dead:
+        for a, error, failed_at in waiting:
+            if dead and sent_after is not None and sent_after < failed_at:
+                self._verdicts.append((a, error, failed_at))
+            elif dead:
                 self._dead_letter(a, error, "attempts_exhausted")
             else:
                 a.attempts -= 1  # the last failure was the provider's

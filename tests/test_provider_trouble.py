@@ -210,3 +210,11 @@ async def test_a_concurrency_limit_without_headers_is_paced_by_429s_without_a_st
     # A storm would be a 429 for nearly every send at 32 in flight; paced by the 429s'
     # pauses and cuts, one for every few items (12 for 60 when this was written).
     assert stats["rate_limited"] <= items // 2, stats["by_status"]
+
+
+def test_a_stragglers_answer_does_not_end_an_outage() -> None:
+    c = Circuit(trip_items=1)
+    c.failed("a", 10.0)
+    assert not c.answered(10.2, sent_at=9.9)  # sent before the outage began
+    assert c.state == "down"
+    assert c.answered(12.0, sent_at=11.5)
