@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -58,6 +59,12 @@ _OPENAI = re.compile(r"^x-ratelimit-(limit|remaining|reset)-(requests|tokens)(?:
 _ANTHROPIC = re.compile(
     r"^anthropic-ratelimit-(requests|tokens|input-tokens|output-tokens)-(limit|remaining|reset)$"
 )
+# OpenAI's own names, looked up without a regex: they come with nearly every response.
+_OPENAI_NAMES = {
+    f"x-ratelimit-{field}-{resource}": (field, resource)
+    for field in ("limit", "remaining", "reset")
+    for resource in ("requests", "tokens")
+}
 _PLAIN = re.compile(r"^(?:x-)?ratelimit-(limit|remaining|reset)$")
 _POLICY_WINDOW = re.compile(r"\bw=(\d+(?:\.\d+)?)")
 _LONG_WINDOW_S = 3600.0  # a quota this long or longer is not a rate
@@ -86,6 +93,7 @@ class RateHeaders:
         return parse_rate_headers(headers, time.time() if now_unix is None else now_unix)
 
 
+@lru_cache(maxsize=4096)  # a server repeats the same few resets ("1ms", "6m0s") all day
 def parse_duration(text: str) -> float | None:
     """OpenAI's reset format (``6m0s``, ``1s``, ``250ms``, ``1h2m3.5s``) or plain seconds."""
     total, pos = 0.0, 0
@@ -151,6 +159,10 @@ def parse_retry_after(headers: Mapping[str, str], now_unix: float) -> float | No
 
 def _number(text: str) -> int | None:
     try:
+        return int(text)  # the usual case, at a fraction of the cost below
+    except ValueError:
+        pass
+    try:
         value = float(text.split(",")[0].split(";")[0])
     except (ValueError, IndexError):
         return None
@@ -181,8 +193,11 @@ def parse_rate_headers(headers: Mapping[str, str], now_unix: float) -> RateHeade
         key = name.lower()
         if "ratelimit" not in key:
             continue
-        key = key.removeprefix("llm_provider-")  # LiteLLM passes the provider's headers on
         found = True
+        if (known := _OPENAI_NAMES.get(key)) is not None:
+            put(known[1], "", 60.0, known[0], raw)
+            continue
+        key = key.removeprefix("llm_provider-")  # LiteLLM passes the provider's headers on
         if m := _OPENAI.match(key):
             field, resource, scope = m.group(1), m.group(2), m.group(3) or ""
             window = _SCOPES.get(scope, 60.0 if scope.startswith("model") else None)
