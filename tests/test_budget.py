@@ -339,3 +339,16 @@ async def test_a_split_reservation_survives_the_bucket_shrinking_under_it() -> N
     assert budget.token_capacity < 1000
     await asyncio.wait_for(waiter, 20)
     assert waiter.exception() is None
+
+
+async def test_an_exhausted_quota_holds_acquires_until_its_reset() -> None:
+    b = budget(rpm=60_000, burst_s=0.1)
+    b.observe(RateHeaders(None, None, None, None, None, None, hold_s=0.3))
+    assert 0.28 <= await timed(b.acquire(1)) < 0.8
+    assert b.rate_rpm == 60_000  # a hold is not a rate cut
+
+
+async def test_a_hold_is_capped_by_retry_after_max_s() -> None:
+    b = budget(rpm=60_000, burst_s=0.1, retry_after_max_s=0.2)
+    b.observe(RateHeaders(None, None, None, None, None, None, hold_s=86_400.0))
+    assert await timed(b.acquire(1)) < 0.6

@@ -218,3 +218,21 @@ def test_a_stragglers_answer_does_not_end_an_outage() -> None:
     assert not c.answered(10.2, sent_at=9.9)  # sent before the outage began
     assert c.state == "down"
     assert c.answered(12.0, sent_at=11.5)
+
+
+async def test_a_day_long_retry_after_is_honoured_only_up_to_the_cap(work: Workdir) -> None:
+    # The server's window is a second but it answers every 429 with "retry-after: 86400".
+    items = 8
+    sim_cfg = SimConfig(
+        port=0, rpm=180, limit_kind="fixed", limit_window_s=1, retry_after_s=86400
+    )  # 3 a second
+    async with running_sim(sim_cfg) as sim:
+        write_provider_config(
+            work, sim.base_url, job(), adapt_to_headers=False, retry_after_max_s=0.3
+        )
+        spool_items(work, items)
+        _, elapsed = await run_once(work)
+        stats = sim.stats()
+    assert stats["rate_limited"] > 0, "the test needs 429s"
+    assert len(work.lines("q")) == items and not work.lines("q", "dead")
+    assert elapsed < 60  # a day's wait was not kept; the per-test timeout would end it anyway
