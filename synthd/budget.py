@@ -8,8 +8,16 @@ a minute's worth at once would earn a wall of 429s). On top of them:
   order and only one task at a time sleeps inside aiolimiter (it would
   otherwise favour small token amounts, and wake many waiters per drip);
 * a pause gate: a 429 stops every sender on this provider until its
-  ``retry-after``, then sending resumes from an empty bucket at a reduced rate
-  that ramps back to full over ``ramp_s``, instead of releasing the backlog;
+  ``retry-after`` (capped at ``retry_after_max_s``), then sending resumes from
+  an empty bucket instead of releasing the backlog;
+* AIMD on what was *sent*: a 429 cuts the rate to 70% of what we sent over the
+  last second (replies lag sends by the latency, so a rate read from replies
+  collapses after an early 429); after the pause it regains 90% of the rate it
+  was cut from within ``ramp_s``, the rest over 10 s, then probes beyond it ever
+  faster (``recovery_rate``, shaped like TCP CUBIC). A 429 for a request sent
+  before the last cut is the same congestion and only pauses. A pause of 10 s
+  or more is a windowed limiter (a fixed minute, a quota): the rate becomes
+  what was sent over the whole cycle, pause included;
 * header adaptation: the provider's ``x-ratelimit-limit-*`` lowers our budget
   when it is set above what the server grants, and ``remaining = 0`` drains
   the local bucket so the next request waits for capacity;
@@ -25,28 +33,24 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import structlog
 from aiolimiter import AsyncLimiter
 
 from synthd.config import ProviderConfig
+from synthd.headers import RateHeaders as RateHeaders
+from synthd.headers import parse_duration as parse_duration
 
 log = structlog.get_logger("synthd.budget")
 
-_RAMP_FLOOR = 0.25
-_OBSERVE_S = 3  # seconds of admissions that tell the server's real capacity
-_RAMP_STEP = 0.05
-_RATE_HEADERS = (
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-tokens",
-)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_CUT = 0.7  # multiplicative decrease, of the rate actually sent
+_RECOVER = 0.9  # share of the pre-cut rate regained within ramp_s
+_PLATEAU_S = 10.0  # then back to the pre-cut rate over this long
+_DOUBLE_S = 20.0  # and beyond it, twice that rate this long after
+_WINDOW_PAUSE_S = 10.0  # a pause at least this long comes from a windowed limiter
+_SENT_WINDOW_S = 1.0  # sends measured over this long (less just after a pause)
+_RATE_STEP = 0.05  # rebuild the buckets when the rate moved by this share
 
 
 # -- pure arithmetic -------------------------------------------------------
@@ -72,65 +76,34 @@ class Calibration:
             self.chars_per_token += 0.05 * (chars / tokens - self.chars_per_token)
 
 
-def parse_duration(text: str) -> float | None:
-    """OpenAI's reset format (``6m0s``, ``1s``, ``250ms``, ``1h2m3.5s``) in seconds."""
-    total, pos = 0.0, 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        value = float(m.group(1))
-        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
-        pos = m.end()
-    if pos == 0 or pos != len(text):
-        try:
-            return float(text)  # some servers send plain seconds
-        except ValueError:
-            return None
-    return total
+def cut_rate(sent: float, floor: float) -> float:
+    """The rate after a 429: a share of what was sent, never below ``floor``."""
+    return max(floor, _CUT * sent)
 
 
-@dataclass(frozen=True, slots=True)
-class RateHeaders:
-    """The ``x-ratelimit-*`` headers of one response; None where absent."""
+def recovery_rate(
+    cut: float, ceiling: float, target: float, since_s: float, ramp_s: float, pause_s: float
+) -> float:
+    """The rate allowed ``since_s`` after the pause that followed a cut from ``ceiling``.
 
-    limit_requests: int | None
-    limit_tokens: int | None
-    remaining_requests: int | None
-    remaining_tokens: int | None
-    reset_requests_s: float | None
-    reset_tokens_s: float | None
-
-    @classmethod
-    def parse(cls, headers: Mapping[str, str]) -> RateHeaders | None:
-        if not any(name in headers for name in _RATE_HEADERS):
-            return None
-
-        def num(name: str) -> int | None:
-            v = headers.get(name)
-            try:
-                return None if v is None else int(float(v))
-            except (ValueError, OverflowError):  # "inf", "nan", garbage
-                return None
-
-        def dur(name: str) -> float | None:
-            v = headers.get(name)
-            return None if v is None else parse_duration(v)
-
-        return cls(
-            num("x-ratelimit-limit-requests"),
-            num("x-ratelimit-limit-tokens"),
-            num("x-ratelimit-remaining-requests"),
-            num("x-ratelimit-remaining-tokens"),
-            dur("x-ratelimit-reset-requests"),
-            dur("x-ratelimit-reset-tokens"),
-        )
-
-
-def ramp_scale(since_resume_s: float, ramp_s: float) -> float:
-    """The share of the full rate allowed ``since_resume_s`` after a pause."""
-    if ramp_s <= 0 or since_resume_s >= ramp_s:
-        return 1.0
-    return _RAMP_FLOOR + (1.0 - _RAMP_FLOOR) * max(0.0, since_resume_s) / ramp_s
+    Shaped like TCP CUBIC's window: linear from ``cut`` to 90% of ``ceiling`` over
+    ``ramp_s``; then the last 10% over ``_PLATEAU_S`` (the ceiling is where the last 429
+    came from: approach it gently); then beyond it ever faster, doubling after another
+    ``_DOUBLE_S`` (a 429 that came while little was sent says little about the limit).
+    After a long pause (a windowed limiter, which punishes an overshoot with a whole
+    window) time past the ramp runs slower. Never above ``target``.
+    """
+    back = max(cut, _RECOVER * ceiling)
+    if since_s <= 0:
+        return min(target, cut)
+    if ramp_s > 0 and since_s < ramp_s:
+        return min(target, cut + (back - cut) * since_s / ramp_s)
+    t = (since_s - max(ramp_s, 0.0)) * _WINDOW_PAUSE_S / max(pause_s, _WINDOW_PAUSE_S)
+    if t < _PLATEAU_S:
+        rate = back + (max(ceiling, back) - back) * t / _PLATEAU_S
+    else:
+        rate = max(ceiling, back) * (1.0 + ((t - _PLATEAU_S) / _DOUBLE_S) ** 3)
+    return min(target, rate)
 
 
 def token_estimate(prompt_tokens: int, max_tokens: int, samples: int) -> int:
@@ -142,30 +115,45 @@ def token_estimate(prompt_tokens: int, max_tokens: int, samples: int) -> int:
 
 
 class Budget:
-    """Admission to one provider. ``acquire`` is the only call that waits."""
+    """Admission to one provider. ``acquire`` is the only call that waits.
+
+    ``rpm`` and ``tpm`` are the budget (configured, or lower limits adopted from headers);
+    ``rate_rpm`` and ``rate_tpm`` what is allowed now, after any 429.
+    """
 
     def __init__(self, name: str, cfg: ProviderConfig) -> None:
         self.name = name
         self.cfg = cfg
         self.rpm = float(cfg.rpm)
         self.tpm = float(cfg.tpm)
-        self._scale = 1.0
+        self.rate_rpm = self.rpm
+        self.rate_tpm = self.tpm
         self._lock = asyncio.Lock()
-        self._requests = self._bucket(self.rpm)
-        self._tokens = self._bucket(self.tpm)
+        self._requests = self._bucket(self.rate_rpm)
+        self._tokens = self._bucket(self.rate_tpm)
         self._fill_pending = True  # a cold start begins from a full bucket: no burst
         self._paused_until = 0.0
         self._open = asyncio.Event()  # cleared while a 429 pause lasts
         self._open.set()
         self._reopen_handle: asyncio.TimerHandle | None = None
-        self._resume_at: float | None = None
         self._debt = 0.0
         self.calibration = Calibration()
-        self._ok_second = 0
-        self._ok_count = 0
-        self._ok_history: deque[int] = deque(maxlen=_OBSERVE_S)
-        self._last_limited = -1e9
+        # What was sent: (time, tokens) over the last _SENT_WINDOW_S, and since the resume.
+        self._sent: deque[tuple[float, int]] = deque()
+        self._sent_tokens = 0
+        self._cycle_start: float | None = None  # the first send, then each resume
+        self._first_send: float | None = None
+        self._cycle_requests = 0
+        self._cycle_tokens = 0
+        # AIMD state: the last cut, what it was cut from, when sending resumed.
+        self._cut_at = -1e9
+        self._cut = (self.rpm, self.tpm)
+        self._ceiling = (self.rpm, self.tpm)
+        self._pause_s = 0.0
+        self._resume_at: float | None = None
         self.rate_limited = 0
+        self.refunds = 0
+        self.refunded_tokens = 0
         self.adopted_limits: dict[str, int] = {}
 
     @property
@@ -175,13 +163,14 @@ class Budget:
 
     def _bucket(self, per_min: float) -> AsyncLimiter:
         burst = self.cfg.burst_s
-        return AsyncLimiter(max(1.0, per_min * self._scale * burst / 60.0), burst)
+        return AsyncLimiter(max(1.0, per_min * burst / 60.0), burst)
 
     async def acquire(self, tokens: int) -> None:
         """Wait for a request slot and ``tokens``; FIFO across all callers."""
         async with self._lock:
             await self._open.wait()
-            self._maybe_ramp(asyncio.get_running_loop().time())
+            loop = asyncio.get_running_loop()
+            self._maybe_ramp(loop.time())
             if self._fill_pending:
                 self._fill_pending = False
                 await self._requests.acquire(self._requests.max_rate)
@@ -198,6 +187,28 @@ class Budget:
                 amount -= chunk
             # A 429 may have arrived while we waited for a drip: honour it too.
             await self._open.wait()
+            self._record_send(loop.time(), tokens)
+
+    def _record_send(self, now: float, tokens: int) -> None:
+        if self._cycle_start is None:
+            self._cycle_start = self._first_send = now
+        self._sent.append((now, tokens))
+        self._sent_tokens += tokens
+        self._cycle_requests += 1
+        self._cycle_tokens += tokens
+        horizon = now - _SENT_WINDOW_S
+        while self._sent and self._sent[0][0] < horizon:
+            self._sent_tokens -= self._sent.popleft()[1]
+
+    def _sent_rates(self, now: float) -> tuple[float, float]:
+        """Requests and tokens a minute sent over the last second (pauses included: they
+        are part of the rate the server saw), or since the first send if that was sooner."""
+        horizon = now - _SENT_WINDOW_S
+        while self._sent and self._sent[0][0] < horizon:
+            self._sent_tokens -= self._sent.popleft()[1]
+        first = now if self._first_send is None else self._first_send
+        span = min(_SENT_WINDOW_S, max(0.1, now - first))
+        return 60.0 * len(self._sent) / span, 60.0 * self._sent_tokens / span
 
     def settle(self, reserved: int, actual: int) -> None:
         """Book the difference between a reservation and what the provider counted."""
@@ -205,54 +216,92 @@ class Budget:
         # Credit is bounded: a run of over-estimates must not turn into a burst.
         self._debt = max(self._debt, -self._tokens.max_rate)
 
-    def accepted(self, now: float) -> None:
-        """Count a request the server admitted (for what a 429 teaches us)."""
-        self._roll(now)
-        self._ok_count += 1
+    def refund(self, reserved: int) -> None:
+        """Give back the tokens of an attempt that failed: the provider served nothing."""
+        self.refunds += 1
+        self.refunded_tokens += reserved
+        self.settle(reserved, 0)
 
-    def _roll(self, now: float) -> None:
-        """Close the seconds that have passed in the per-second admission history."""
-        second = int(now)
-        if second - self._ok_second > _OBSERVE_S:  # a long quiet spell: all zeros
-            self._ok_history.extend([self._ok_count] + [0] * _OBSERVE_S)
-            self._ok_second, self._ok_count = second, 0
-        while self._ok_second < second:
-            self._ok_history.append(self._ok_count)
-            self._ok_second += 1
-            self._ok_count = 0
+    def rate_limited_for(self, retry_after_s: float | None, sent_at: float | None = None) -> None:
+        """A 429 for a request sent at ``sent_at`` (loop time): pause everyone, cut the rate.
 
-    def rate_limited_for(self, retry_after_s: float | None) -> None:
-        """A 429: pause everyone, lower the rate to what the server accepts, ramp back up.
-
-        The new request rate is what the server really admitted over the last
-        few seconds (multiplicative decrease to the observed capacity); it grows
-        back towards the budget by 10% per quiet ``ramp_s`` (additive probing),
-        so a budget set far too high settles near the server's limit instead of
-        bursting into it after every pause.
+        See the module docstring for the rule. ``retry_after_s`` should already be capped
+        (``synthd.retry.capped_wait_s``); it is bounded here again by ``retry_after_max_s``.
         """
         self.rate_limited += 1
         loop = asyncio.get_running_loop()
         now = loop.time()
         pause = retry_after_s if retry_after_s is not None else 1.0
-        until = now + min(max(pause, 0.0), 60.0)
-        self._last_limited = now
-        observed_rpm = self._observed_rpm(now)
-        if observed_rpm is not None and observed_rpm < self.rpm:
-            self.rpm = max(1.0, observed_rpm)
+        pause = min(max(pause, 0.0), self.cfg.retry_after_max_s)
+        until = now + pause
+        if sent_at is None or sent_at >= self._cut_at:
+            self._cut_rates(now, pause)
         if until > self._paused_until:
             self._paused_until = until
             self._resume_at = until
-            self._scale = _RAMP_FLOOR
-            self._rebuild()
             self._open.clear()
             if self._reopen_handle is not None:
                 self._reopen_handle.cancel()
-            self._reopen_handle = loop.call_at(until, self._open.set)
+            self._reopen_handle = loop.call_at(until, self._reopen)
+
+    def hold(self, wait_s: float) -> None:
+        """Stop every sender for ``wait_s`` (capped), without cutting the rate: a quota
+        (an hour's, a day's) has run out and says when it comes back."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(max(wait_s, 0.0), self.cfg.retry_after_max_s)
+        if until > self._paused_until:
+            self._paused_until = until
+            self._open.clear()
+            if self._reopen_handle is not None:
+                self._reopen_handle.cancel()
+            self._reopen_handle = loop.call_at(until, self._reopen)
+            log.warning(
+                "quota_exhausted_hold", provider=self.name, wait_s=round(until - loop.time(), 1)
+            )
+
+    def _cut_rates(self, now: float, pause: float) -> None:
+        sent_rpm, sent_tpm = self._sent_rates(now)
+        if pause >= _WINDOW_PAUSE_S:
+            # A windowed limiter: what it allows is what we sent over the whole cycle,
+            # the pause that now follows included.
+            start = now if self._cycle_start is None else self._cycle_start
+            span = now - start + pause
+            sent_rpm = 60.0 * self._cycle_requests / span / _CUT
+            sent_tpm = 60.0 * self._cycle_tokens / span / _CUT
+        if sent_rpm <= 0:  # nothing sent lately (a slow reply): cut from what is allowed
+            sent_rpm, sent_tpm = self.rate_rpm, self.rate_tpm
+        ceiling_rpm = min(self.rpm, max(sent_rpm, 1.0))
+        ceiling_tpm = min(self.tpm, max(sent_tpm, 1.0))
+        cut_rpm = cut_rate(ceiling_rpm, 1.0)
+        cut_tpm = cut_rate(ceiling_tpm, 1.0)
+        if pause >= _WINDOW_PAUSE_S:
+            ceiling_rpm, ceiling_tpm = cut_rpm, cut_tpm  # probe up from it, slowly
+        self._cut_at = now
+        self._cut = (cut_rpm, cut_tpm)
+        self._ceiling = (ceiling_rpm, ceiling_tpm)
+        self._pause_s = pause
+        self._set_rates(cut_rpm, cut_tpm)
+        log.info(
+            "rate_cut",
+            provider=self.name,
+            sent_rpm=round(sent_rpm),
+            rpm=round(cut_rpm),
+            tpm=round(cut_tpm),
+            pause_s=round(pause, 3),
+        )
+
+    def _reopen(self) -> None:
+        now = asyncio.get_running_loop().time()
+        self._cycle_start = now
+        self._cycle_requests = self._cycle_tokens = 0
+        self._open.set()
 
     def observe(self, h: RateHeaders) -> None:
         """Correct the local buckets from a response's rate-limit headers."""
         if not self.cfg.adapt_to_headers:
             return
+        if h.hold_s:
+            self.hold(h.hold_s)
         changed = False
         if h.limit_requests and h.limit_requests < self.rpm:
             self._adopt("rpm", h.limit_requests)
@@ -263,7 +312,7 @@ class Budget:
             self.tpm = float(h.limit_tokens)
             changed = True
         if changed:
-            self._rebuild()
+            self._set_rates(self.rate_rpm, self.rate_tpm)
         elif (h.remaining_requests == 0 and self._requests.has_capacity(1)) or (
             h.remaining_tokens == 0 and self._tokens.has_capacity(1)
         ):
@@ -283,35 +332,30 @@ class Budget:
                 server=limit,
             )
 
-    def _observed_rpm(self, now: float) -> float | None:
-        """Requests per minute the server admitted over the last full seconds."""
-        self._roll(now)
-        if len(self._ok_history) < 2 or sum(self._ok_history) == 0:
-            return None
-        return 60.0 * sum(self._ok_history) / len(self._ok_history)
-
-    def _maybe_grow(self, now: float) -> None:
-        """After a quiet spell with no 429, probe 10% closer to the budget."""
-        target = float(self.adopted_limits.get("rpm", self.cfg.rpm))
-        if self.rpm >= target or now - self._last_limited < 2 * max(self.cfg.ramp_s, 1.0):
-            return
-        self.rpm = min(target, self.rpm * 1.1)
-        self._last_limited = now  # the next step waits another quiet spell
-        self._rebuild()
-
     def _maybe_ramp(self, now: float) -> None:
-        self._maybe_grow(now)
-        if self._resume_at is None:
+        """After a cut, move the rate along the recovery curve (in steps of 5%)."""
+        if self._resume_at is None or now < self._resume_at:
             return
-        scale = ramp_scale(now - self._resume_at, self.cfg.ramp_s)
-        if scale >= 1.0:
+        since = now - self._resume_at
+        rpm = recovery_rate(
+            self._cut[0], self._ceiling[0], self.rpm, since, self.cfg.ramp_s, self._pause_s
+        )
+        tpm = recovery_rate(
+            self._cut[1], self._ceiling[1], self.tpm, since, self.cfg.ramp_s, self._pause_s
+        )
+        if rpm >= self.rpm and tpm >= self.tpm:
             self._resume_at = None
-        if scale - self._scale >= _RAMP_STEP or scale >= 1.0:
-            self._scale = scale
-            self._rebuild()
+            self._set_rates(self.rpm, self.tpm)
+        elif rpm >= self.rate_rpm * (1 + _RATE_STEP) or tpm >= self.rate_tpm * (1 + _RATE_STEP):
+            self._set_rates(rpm, tpm)
+
+    def _set_rates(self, rpm: float, tpm: float) -> None:
+        self.rate_rpm = min(rpm, self.rpm)
+        self.rate_tpm = min(tpm, self.tpm)
+        self._rebuild()
 
     def _rebuild(self) -> None:
         """New buckets at the current rate, starting full: rate changes never burst."""
-        self._requests = self._bucket(self.rpm)
-        self._tokens = self._bucket(self.tpm)
+        self._requests = self._bucket(self.rate_rpm)
+        self._tokens = self._bucket(self.rate_tpm)
         self._fill_pending = True

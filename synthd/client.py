@@ -13,23 +13,25 @@ objects (aiohttp's request_info carries the Authorization header).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from synthd.budget import RateHeaders
 from synthd.config import ProviderConfig
 from synthd.errors import (
     ConnectionLost,
     MalformedResponse,
     ProviderError,
+    QuotaExhausted,
     RateLimited,
     Rejected,
     ServerError,
     Timeout,
 )
+from synthd.headers import RateHeaders, parse_rate_headers, parse_retry_after
 from synthd.models import Choice, Reply
 
 _RETRYABLE_4XX = frozenset({408, 409})
@@ -40,6 +42,10 @@ class Client(Protocol):
 
     async def probe(self) -> bool:
         """True if the server answers ``GET /models`` with any HTTP status."""
+        ...
+
+    async def serving(self) -> bool:
+        """True if the server answers ``GET /models`` with a success: it is up and serving."""
         ...
 
     async def close(self) -> None: ...
@@ -90,6 +96,15 @@ class HttpClient:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    async def serving(self) -> bool:
+        assert self._session is not None, "start() first"
+        try:
+            async with self._session.get(f"{self.cfg.base_url}/models") as resp:
+                await resp.read()
+                return resp.status < 400
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def complete(self, api: str, body: bytes) -> tuple[Reply, RateHeaders | None]:
         assert self._session is not None, "start() first"
         try:
@@ -118,6 +133,8 @@ def status_error(status: int, raw: bytes, headers: Mapping[str, str]) -> Provide
         # OpenAI's answer to one request above the whole per-minute limit: no
         # wait can make it pass, so it is refused, not retried.
         return Rejected(f"HTTP 429: {message}", status)
+    if status == 429 and _error_code(raw) == "insufficient_quota":
+        return QuotaExhausted(f"HTTP 429: {message}", status)
     if status == 429:
         return RateLimited(message, retry_after(headers))
     if status >= 500 or status in _RETRYABLE_4XX:
@@ -126,15 +143,35 @@ def status_error(status: int, raw: bytes, headers: Mapping[str, str]) -> Provide
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asks us to wait: ``retry-after-ms`` is the precise one."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return float(value) * scale
-            except ValueError:
-                continue
-    return None
+    """Seconds a 429 asks us to wait: ``retry-after-ms``, ``retry-after`` (seconds or an HTTP
+    date), else the reset of whichever limit the rate headers say has run out."""
+    now = time.time()
+    hint = parse_retry_after(headers, now)
+    if hint is not None:
+        return hint
+    rate = parse_rate_headers(headers, now)
+    if rate is None:
+        return None
+    resets = [
+        reset
+        for left, reset in (
+            (rate.remaining_requests, rate.reset_requests_s),
+            (rate.remaining_tokens, rate.reset_tokens_s),
+        )
+        if left == 0 and reset is not None
+    ]
+    if rate.hold_s:
+        resets.append(rate.hold_s)
+    return max(resets) if resets else None
+
+
+def _error_code(raw: bytes) -> str | None:
+    """OpenAI's ``error.code`` (or ``error.type``) of an error body, if it has one."""
+    try:
+        error = orjson.loads(raw)["error"]
+        return str(error.get("code") or error.get("type") or "")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _error_message(raw: bytes) -> str:
@@ -208,6 +245,15 @@ class SdkClient:
             await self._client.models.list()
         except openai.APIStatusError:
             return True  # it answered, if only to refuse
+        except openai.APIError:
+            return False
+        return True
+
+    async def serving(self) -> bool:
+        import openai
+
+        try:
+            await self._client.models.list()
         except openai.APIError:
             return False
         return True

@@ -53,6 +53,7 @@ class ProviderConfig(_Frozen):
     backoff_base_s: PositiveFloat = 0.5
     backoff_max_s: PositiveFloat = 30.0
     ramp_s: Annotated[float, Field(ge=0)] = 5.0
+    retry_after_max_s: Annotated[float, Field(ge=0)] = 120.0
     transport: Transport = "http"
     adapt_to_headers: bool = True
 

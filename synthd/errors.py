@@ -74,6 +74,16 @@ class ServerError(Retryable):
     kind = "server_error"
 
 
+class QuotaExhausted(Retryable):
+    """A 429 that means the account's quota or credit is used up, not "too many".
+
+    It counts as a failed attempt (unlike a throttling 429): it fails for every item
+    alike, so the provider circuit sees an outage and holds the items until it ends.
+    """
+
+    kind = "quota"
+
+
 class Timeout(Retryable):
     kind = "timeout"
 

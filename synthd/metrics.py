@@ -63,6 +63,8 @@ class ProviderStats:
     queued: int = 0
     rate_limited: int = 0
     answered: bool = False  # readiness: the provider has answered at least once
+    up: bool = True  # false during an outage (see synthd.circuit)
+    outages: int = 0
 
 
 class StatsCollector(Collector):
@@ -119,8 +121,16 @@ class StatsCollector(Collector):
         limited = CounterMetricFamily(
             "synthd_rate_limited", "HTTP 429 replies", labels=["provider"]
         )
+        up = GaugeMetricFamily(
+            "synthd_provider_up", "1 while it answers, 0 in an outage", labels=["provider"]
+        )
+        outages = CounterMetricFamily(
+            "synthd_provider_outages", "Times it failed for everyone", labels=["provider"]
+        )
         for name, p in self.providers.items():
             in_flight.add_metric([name], p.in_flight)
             queued.add_metric([name], p.queued)
             limited.add_metric([name], p.rate_limited)
-        yield from (in_flight, queued, limited)
+            up.add_metric([name], 1 if p.up else 0)
+            outages.add_metric([name], p.outages)
+        yield from (in_flight, queued, limited, up, outages)

@@ -22,3 +22,17 @@ def retry_delay_s(
     if retry_after_s is not None:
         delay = max(delay, retry_after_s + u * base_s)
     return delay
+
+
+def capped_wait_s(hint_s: float | None, cap_s: float) -> float | None:
+    """A provider's ``retry-after`` (or reset) hint, bounded to ``[0, cap_s]``.
+
+    Unbounded hints are real: ``retry-after: 86400`` from a daily quota would hold an
+    item (and its file's resume point) for a day, and ``inf`` would never fire. A hint
+    that is not a number (nan) gets the cap: the server asked for a wait, not how long.
+    """
+    if hint_s is None:
+        return None
+    if hint_s != hint_s or hint_s > cap_s:  # nan compares unequal to itself
+        return cap_s
+    return max(0.0, hint_s)

@@ -4,7 +4,9 @@ Bound to 127.0.0.1 by default: metrics name jobs and files, and nothing here
 needs to face a network. ``/healthz`` answers 200 while the event loop runs
 and no long-lived task has died (503 with the reason while a failed daemon exits);
 its ``ready`` field (and ``/readyz``, 503 until then) says whether every
-provider has answered at least once.
+provider has answered at least once and none is in an outage. ``/healthz`` stays
+200 through an outage (a restart does not fix a provider); its ``providers``
+field says which is down.
 """
 
 from __future__ import annotations
@@ -38,7 +40,16 @@ async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
     used = {rt.job.config.provider for rt in daemon.jobs.values()}
 
     def ready() -> bool:
-        return all(daemon.provider_stats[name].answered for name in used)
+        return all(
+            daemon.provider_stats[name].answered and daemon.provider_stats[name].up for name in used
+        )
+
+    def providers() -> dict[str, dict[str, object]]:
+        return {
+            name: {"up": p.up, "outages": p.outages}
+            for name, p in daemon.provider_stats.items()
+            if name in used
+        }
 
     async def healthz(_: web.Request) -> web.Response:
         failure = daemon.failure
@@ -49,12 +60,18 @@ async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
                 "uptime_s": round(time.time() - daemon.started, 1),
                 "output_blocked": daemon.writer.blocked,
                 "failure": None if failure is None else {"task": failure[0], "error": failure[1]},
+                "providers": providers(),
             },
             status=200 if failure is None else 503,
         )
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.json_response({"ready": ready()}, status=200 if ready() else 503)
+        ok = ready()
+        body: dict[str, object] = {"ready": ok}
+        down = [name for name, p in providers().items() if not p["up"]]
+        if down:
+            body["down"] = down
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)

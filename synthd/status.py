@@ -43,6 +43,7 @@ class Live:
 
     in_flight: int
     queued: int
+    up: bool = True  # False during an outage
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class JobStatus:
     records: int
     in_flight: int | None  # None: the daemon did not answer
     queued: int | None
+    provider_up: bool | None  # None: the daemon did not answer
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None  # None: no price for the model
@@ -81,6 +83,7 @@ class JobStatus:
             "records": self.records,
             "in_flight": self.in_flight,
             "queued": self.queued,
+            "provider_up": self.provider_up,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "cost_usd": self.cost_usd,
         }
@@ -138,6 +141,7 @@ def collect(
                 records=c.records,
                 in_flight=p.in_flight if p is not None else None,
                 queued=p.queued if p is not None else None,
+                provider_up=p.up if p is not None else None,
                 prompt_tokens=c.prompt_tokens,
                 completion_tokens=c.completion_tokens,
                 cost_usd=cost_usd(
@@ -201,12 +205,14 @@ def read_live(url: str, timeout_s: float) -> dict[str, Live] | None:
 
 
 def parse_live(text: str) -> dict[str, Live] | None:
-    """The ``synthd_in_flight`` and ``synthd_queue_depth`` gauges of a metrics page."""
+    """The ``synthd_in_flight``, ``synthd_queue_depth`` and ``synthd_provider_up`` gauges."""
     in_flight: dict[str, int] = {}
     queued: dict[str, int] = {}
+    up: dict[str, int] = {}
+    gauges = {"synthd_in_flight": in_flight, "synthd_queue_depth": queued, "synthd_provider_up": up}
     try:
         for family in text_string_to_metric_families(text):
-            target = {"synthd_in_flight": in_flight, "synthd_queue_depth": queued}.get(family.name)
+            target = gauges.get(family.name)
             if target is None:
                 continue
             for sample in family.samples:
@@ -214,7 +220,7 @@ def parse_live(text: str) -> dict[str, Live] | None:
     except (ValueError, KeyError):
         return None
     providers = set(in_flight) | set(queued)
-    return {p: Live(in_flight.get(p, 0), queued.get(p, 0)) for p in providers}
+    return {p: Live(in_flight.get(p, 0), queued.get(p, 0), up.get(p, 1) == 1) for p in providers}
 
 
 def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -264,6 +270,12 @@ def render(status: Status) -> str:
         "files: pending (not claimed yet) active done failed;"
         " items done by state: record rejected dead bad_input"
     )
+    down = sorted({j.provider for j in status.jobs if j.provider_up is False and j.provider})
+    if down:
+        lines.append(
+            f"provider down (an outage: sending paused, probing; nothing is dead-lettered): "
+            f"{', '.join(down)}"
+        )
     if any(j.in_flight is not None for j in status.jobs):
         lines.append("in flight and queued are per provider: jobs on one provider share them")
     unknown = [j.job for j in status.jobs if j.model is None]

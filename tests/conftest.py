@@ -111,13 +111,15 @@ def _table(keys: dict[str, Any]) -> str:
 
 
 def _write(work: Workdir, provider: str, service: str, jobs: str) -> Path:
-    """config/synthd.toml for tests: quick scans, no HTTP endpoint, no settling."""
+    """config/synthd.toml for tests: quick scans, no HTTP endpoint (unless ``service`` sets
+    ``listen``), no settling."""
+    listen = "" if "listen" in service else 'listen = ""'
     text = f"""
 [provider]
 {provider}
 
 [service]
-listen = ""
+{listen}
 settle_s = 0
 scan_interval_s = 0.1
 {service}

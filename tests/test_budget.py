@@ -17,8 +17,9 @@ from synthd.budget import (
     Budget,
     Calibration,
     RateHeaders,
+    cut_rate,
     parse_duration,
-    ramp_scale,
+    recovery_rate,
     token_estimate,
 )
 from synthd.config import ProviderConfig
@@ -92,25 +93,32 @@ def test_rate_headers_infinite_value_is_none() -> None:
 
 
 @pytest.mark.parametrize(
-    ("since", "ramp", "scale"),
+    ("since", "rate"),
     [
-        (0.0, 5.0, 0.25),
-        (-1.0, 5.0, 0.25),
-        (2.5, 5.0, 0.625),
-        (5.0, 5.0, 1.0),
-        (50.0, 5.0, 1.0),
-        (0.0, 0.0, 1.0),
+        (-1.0, 700.0),  # still paused: the cut rate
+        (0.0, 700.0),
+        (2.5, 800.0),  # half way from the cut to 90% of the rate cut from
+        (5.0, 900.0),
+        (10.0, 950.0),  # the last 10% over 10 s
+        (15.0, 1000.0),
+        (25.0, 1000.0 * (1 + 0.5**3)),  # then ever faster beyond it
+        (35.0, 2000.0),
+        (500.0, 3000.0),  # never above the budget
     ],
 )
-def test_ramp_scale(since: float, ramp: float, scale: float) -> None:
-    assert ramp_scale(since, ramp) == pytest.approx(scale)
+def test_recovery_regains_90_percent_within_ramp_s_then_probes(since: float, rate: float) -> None:
+    assert recovery_rate(700.0, 1000.0, 3000.0, since, 5.0, 1.0) == pytest.approx(rate)
 
 
-def test_ramp_scale_grows_monotonically() -> None:
-    values = [ramp_scale(t / 10, 5.0) for t in range(60)]
-    assert values == sorted(values)
-    assert values[0] == 0.25
-    assert values[-1] == 1.0
+def test_recovery_after_a_long_pause_probes_slower() -> None:
+    # A 60 s pause (a fixed window): time past the ramp runs six times slower, so 30 s
+    # past it are 5 s of the usual plateau.
+    assert recovery_rate(700, 1000, 3000, 5 + 30, 5, 60) == pytest.approx(950.0)
+
+
+def test_a_cut_is_a_share_of_what_was_sent_above_a_floor() -> None:
+    assert cut_rate(1000.0, 10.0) == pytest.approx(700.0)
+    assert cut_rate(2.0, 10.0) == 10.0
 
 
 def test_token_estimate_reserves_max_tokens_per_sample() -> None:
@@ -321,12 +329,26 @@ def test_buckets_hold_burst_s_of_the_budget() -> None:
 
 
 async def test_a_split_reservation_survives_the_bucket_shrinking_under_it() -> None:
-    """A 429 rebuilds the token bucket at 25% while a large reservation is being split."""
+    """A 429 rebuilds the token bucket smaller while a large reservation is being split."""
     cfg = ProviderConfig(rpm=60_000, tpm=60_000, burst_s=1.0, ramp_s=5.0)
     budget = Budget("p", cfg)
-    await budget.acquire(1)  # the cold start fills the bucket
+    await budget.acquire(1000)  # a second's worth sent: the cut is to 70% of it
     waiter = asyncio.create_task(budget.acquire(3 * 1000))  # three bucketfuls
     await asyncio.sleep(0.05)
-    budget.rate_limited_for(0.0)  # now capacity is 250: a chunk of 1000 would be refused
+    budget.rate_limited_for(0.0)  # now capacity is ~700: a chunk of 1000 would be refused
+    assert budget.token_capacity < 1000
     await asyncio.wait_for(waiter, 20)
     assert waiter.exception() is None
+
+
+async def test_an_exhausted_quota_holds_acquires_until_its_reset() -> None:
+    b = budget(rpm=60_000, burst_s=0.1)
+    b.observe(RateHeaders(None, None, None, None, None, None, hold_s=0.3))
+    assert 0.28 <= await timed(b.acquire(1)) < 0.8
+    assert b.rate_rpm == 60_000  # a hold is not a rate cut
+
+
+async def test_a_hold_is_capped_by_retry_after_max_s() -> None:
+    b = budget(rpm=60_000, burst_s=0.1, retry_after_max_s=0.2)
+    b.observe(RateHeaders(None, None, None, None, None, None, hold_s=86_400.0))
+    assert await timed(b.acquire(1)) < 0.6

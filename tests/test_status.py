@@ -95,6 +95,7 @@ T_JSON = {
     "records": 3,
     "in_flight": None,
     "queued": None,
+    "provider_up": None,
     "tokens": {"prompt": 190, "completion": 95},
     "cost_usd": 0.00133,  # (190 x 2.0 + 95 x 10.0) / 1e6
 }

@@ -15,6 +15,8 @@ from synthd.sim.faults import FAULT_NAMES
 
 Mode = Literal["auto", "questions", "conversation", "json", "text"]
 LatencyDist = Literal["lognormal", "normal"]
+LimitKind = Literal["bucket", "fixed"]
+OutageKind = Literal["503", "refuse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,17 @@ class SimConfig:
     rpm: int = 0
     tpm: int = 0
     limit_window_s: float = 1.0
+    limit_kind: LimitKind = "bucket"
+    retry_after_s: float | None = None  # a constant retry-after on every 429; None: the real wait
+    rate_headers: bool = True  # False: no x-ratelimit-* headers, ever
+    shared_rpm: int = 0  # another client on the same key, sending this many requests a minute
+    max_concurrent: int = 0  # per key; above it a 429 with no headers at all; 0 = no limit
+
+    spurious_429_at: int = 0  # the n-th completion request (1-based) gets one 429; 0 = none
+
+    outage_at_s: float = 0.0  # seconds after start-up
+    outage_s: float = 0.0  # 0 = no outage
+    outage_kind: OutageKind = "503"
 
     p_500: float = 0.0
     p_503: float = 0.0
@@ -70,6 +83,20 @@ class SimConfig:
             raise ValueError("rpm and tpm must be >= 0 (0 = unlimited)")
         if not (math.isfinite(self.limit_window_s) and self.limit_window_s > 0):
             raise ValueError(f"limit_window_s must be > 0, got {self.limit_window_s}")
+        if self.limit_kind not in get_args(LimitKind):
+            raise ValueError(f"limit_kind must be one of {get_args(LimitKind)}")
+        if self.outage_kind not in get_args(OutageKind):
+            raise ValueError(f"outage_kind must be one of {get_args(OutageKind)}")
+        if self.retry_after_s is not None and not (
+            math.isfinite(self.retry_after_s) and self.retry_after_s >= 0
+        ):
+            raise ValueError(f"retry_after_s must be finite and >= 0, got {self.retry_after_s}")
+        for name in ("outage_at_s", "outage_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.shared_rpm < 0 or self.max_concurrent < 0 or self.spurious_429_at < 0:
+            raise ValueError("shared_rpm, max_concurrent and spurious_429_at must be >= 0")
         for name, p in self.fault_probabilities().items():
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"p_{name} must be in [0, 1], got {p}")
@@ -125,6 +152,50 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.limit_window_s,
         help="bucket capacity = limit * window / 60 (default %(default)s)",
+    )
+    g.add_argument(
+        "--limit-kind",
+        choices=get_args(LimitKind),
+        default=d.limit_kind,
+        help="bucket: refilling token buckets; fixed: a request count per fixed window",
+    )
+    g.add_argument(
+        "--retry-after-s", type=float, default=d.retry_after_s, help="constant retry-after on 429"
+    )
+    g.add_argument(
+        "--no-rate-headers",
+        dest="rate_headers",
+        action="store_false",
+        help="never send x-ratelimit-* headers",
+    )
+    g.add_argument(
+        "--shared-rpm",
+        type=int,
+        default=d.shared_rpm,
+        help="another client on the same key takes this many requests a minute",
+    )
+    g.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=d.max_concurrent,
+        help="requests in progress per key; above it a bare 429 (0 = no limit)",
+    )
+
+    g.add_argument(
+        "--spurious-429-at",
+        type=int,
+        default=d.spurious_429_at,
+        help="answer the n-th request with one 429 (retry-after 1 s) below every limit",
+    )
+
+    g = p.add_argument_group("outage")
+    g.add_argument("--outage-at-s", type=float, default=d.outage_at_s, help="after start-up")
+    g.add_argument("--outage-s", type=float, default=d.outage_s, help="0 = no outage")
+    g.add_argument(
+        "--outage-kind",
+        choices=get_args(OutageKind),
+        default=d.outage_kind,
+        help="503: every request answers 503; refuse: the port refuses connections",
     )
 
     g = p.add_argument_group("faults (probabilities per admitted request; sum <= 1)")

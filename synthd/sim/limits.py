@@ -83,17 +83,53 @@ _UNLIMITED = Admission(admitted=True, headers={})
 
 
 @dataclass(slots=True)
+class SharedClient:
+    """Another client on the same key, taking ``rpm`` requests a minute from its bucket.
+
+    Its requests are taken lazily, whenever the key is next looked at, and always: it gets
+    its share whatever we do (the bucket may go into debt for it), so what is left for us is
+    exactly the limit minus ``rpm``.
+    """
+
+    rpm: int
+    sent_at: float
+    carry: float = 0.0
+    admitted: int = 0
+
+    def catch_up(self, requests: Bucket | None, now: float) -> None:
+        if now <= self.sent_at:
+            return
+        due = self.carry + (now - self.sent_at) * self.rpm / 60.0
+        self.sent_at = now
+        whole = math.floor(due)
+        self.carry = due - whole
+        if requests is not None:
+            requests.take(whole)
+        self.admitted += whole
+
+
+@dataclass(slots=True)
 class Limiter:
-    """Buckets per API key, created full on first sight of a key. 0 = that limit is off."""
+    """Buckets per API key, created full on first sight of a key. 0 = that limit is off.
+
+    ``shared_rpm`` adds another client on every key (``SharedClient``), taking from its
+    request bucket before each of our requests is judged.
+    """
 
     rpm: int
     tpm: int
     window_s: float = 1.0
+    shared_rpm: int = 0
     _keys: dict[str, tuple[Bucket | None, Bucket | None]] = field(default_factory=dict)
+    _shared: dict[str, SharedClient] = field(default_factory=dict)
 
     @property
     def unlimited(self) -> bool:
         return self.rpm <= 0 and self.tpm <= 0
+
+    def shared_admitted(self) -> int:
+        """Requests of the other clients, over all keys."""
+        return sum(c.admitted for c in self._shared.values())
 
     def admit(self, key: str, tokens: int, now: float) -> Admission:
         """Admit one request costing ``tokens`` for ``key`` at ``now``, or say why not."""
@@ -106,11 +142,16 @@ class Limiter:
                 Bucket.full(self.tpm, self.window_s, now) if self.tpm > 0 else None,
             )
             self._keys[key] = buckets
+            if self.shared_rpm > 0:
+                self._shared[key] = SharedClient(self.shared_rpm, now)
         req, tok = buckets
         if req is not None:
             req.refill(now)
         if tok is not None:
             tok.refill(now)
+        shared = self._shared.get(key)
+        if shared is not None:
+            shared.catch_up(req, now)
 
         if tok is not None and tokens > tok.limit_per_min:
             return Admission(
@@ -139,6 +180,59 @@ class Limiter:
         if tok is not None:
             tok.take(tokens)
         return Admission(admitted=True, headers=ratelimit_headers(req, tok))
+
+
+@dataclass(slots=True)
+class FixedWindow:
+    """A fixed-window request counter per key: ``rpm * window_s / 60`` requests per window.
+
+    Windows start at multiples of ``window_s`` on the clock. A refusal's wait is the rest of
+    the window; the headers report the count (reset = seconds to the window's end).
+    """
+
+    rpm: int
+    window_s: float = 60.0
+    _used: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (window, count)
+
+    @property
+    def quota(self) -> int:
+        return max(1, math.floor(self.rpm * self.window_s / 60.0))
+
+    def admit(self, key: str, tokens: int, now: float) -> Admission:
+        window = math.floor(now / self.window_s)
+        seen, count = self._used.get(key, (window, 0))
+        if seen != window:
+            count = 0
+        reset_s = (window + 1) * self.window_s - now
+        if count >= self.quota:
+            self._used[key] = (window, count)
+            return Admission(
+                admitted=False,
+                headers=self._headers(0, reset_s),
+                kind="requests",
+                wait_s=reset_s,
+                limit_per_min=self.rpm,
+            )
+        self._used[key] = (window, count + 1)
+        return Admission(admitted=True, headers=self._headers(self.quota - count - 1, reset_s))
+
+    def _headers(self, remaining: int, reset_s: float) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(self.rpm),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": format_duration(reset_s),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """The provider is down from ``at_s`` for ``duration_s`` (seconds since the server started)."""
+
+    at_s: float
+    duration_s: float
+
+    def active(self, elapsed_s: float) -> bool:
+        return self.at_s <= elapsed_s < self.at_s + self.duration_s
 
 
 def ratelimit_headers(requests: Bucket | None, tokens: Bucket | None) -> dict[str, str]:

@@ -30,7 +30,14 @@ from aiohttp import web
 from synthd.sim import content
 from synthd.sim.config import SimConfig, parse_args
 from synthd.sim.faults import Fault, FaultPlan
-from synthd.sim.limits import Admission, Limiter, rate_limit_message, retry_headers
+from synthd.sim.limits import (
+    Admission,
+    FixedWindow,
+    Limiter,
+    Outage,
+    rate_limit_message,
+    retry_headers,
+)
 from synthd.sim.protocol import (
     BAD_GATEWAY_HTML,
     INVALID_JSON,
@@ -49,6 +56,9 @@ from synthd.sim.protocol import (
 )
 
 STATS_WINDOW_S = 600
+TOO_MANY_CONCURRENT = error_body(
+    "Too many concurrent requests", "requests", None, "rate_limit_exceeded"
+)
 _JSON = "application/json"
 
 
@@ -153,7 +163,15 @@ class Sim:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.stats = Stats(time.time())
-        self.limiter = Limiter(cfg.rpm, cfg.tpm, cfg.limit_window_s)
+        self.limiter: Limiter | FixedWindow
+        if cfg.limit_kind == "fixed":
+            self.limiter = FixedWindow(cfg.rpm, cfg.limit_window_s)
+        else:
+            self.limiter = Limiter(cfg.rpm, cfg.tpm, cfg.limit_window_s, cfg.shared_rpm)
+        self.outage = Outage(cfg.outage_at_s, cfg.outage_s) if cfg.outage_s > 0 else None
+        self.born = time.monotonic()
+        self._running: dict[str, int] = {}  # requests in progress per key (max_concurrent)
+        self.spurious_at: float | None = None
         self.faults = FaultPlan.from_probabilities(cfg.fault_probabilities(), cfg.fault_seed)
         self.latency = Latency(cfg)
         self.stopping = asyncio.Event()
@@ -216,9 +234,39 @@ class Sim:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, "text")
 
+    def down(self) -> bool:
+        """Whether the scheduled outage is on now."""
+        return self.outage is not None and self.outage.active(time.monotonic() - self.born)
+
+    def _outage_reply(self, request: web.Request) -> web.StreamResponse:
+        if self.cfg.outage_kind == "503":
+            return self._respond(503, OVERLOADED, {})
+        # refuse: the listener is closed (see running_sim); a kept-alive connection is cut.
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response(status=599)
+
     async def _complete(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        if self.cfg.max_concurrent <= 0:
+            return await self._complete_one(request, kind)
+        key = api_key(request.headers.get("Authorization"))
+        running = self._running.get(key, 0)
+        if running >= self.cfg.max_concurrent:
+            # A concurrency limiter knows nothing of rates: a bare 429, no headers.
+            self.stats.requests += 1
+            self.stats.rate_limited += 1
+            return self._respond(429, TOO_MANY_CONCURRENT, {})
+        self._running[key] = running + 1
+        try:
+            return await self._complete_one(request, kind)
+        finally:
+            self._running[key] -= 1
+
+    async def _complete_one(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         stats = self.stats
         stats.requests += 1
+        if self.down():
+            return self._outage_reply(request)
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -230,12 +278,18 @@ class Sim:
             return self._respond(400, error_body(e.message, "invalid_request_error", e.param), {})
 
         charge = req.charged_tokens
+        if stats.requests == self.cfg.spurious_429_at:
+            # One 429 out of the blue, as a proxy or a provider's hiccup sends.
+            self.spurious_at = time.time()
+            self.stats.rate_limited += 1
+            body = error_body("Rate limit reached", "requests", None, "rate_limit_exceeded")
+            return self._respond(429, body, {"retry-after": "1"})
         admission = self.limiter.admit(
             api_key(request.headers.get("Authorization")), charge, asyncio.get_running_loop().time()
         )
         if not admission.admitted:
             return self._rate_limited(admission, req, charge)
-        headers = dict(admission.headers)
+        headers = dict(admission.headers) if self.cfg.rate_headers else {}
         headers["x-request-id"] = "req_" + self._next_id()
         now = time.time()
         stats.admitted(now, charge)
@@ -268,8 +322,12 @@ class Sim:
 
     def _rate_limited(self, admission: Admission, req: SimRequest, charge: int) -> web.Response:
         self.stats.rate_limited += 1
-        headers = dict(admission.headers)
-        if not admission.too_large:
+        headers = dict(admission.headers) if self.cfg.rate_headers else {}
+        if admission.too_large:
+            pass
+        elif self.cfg.retry_after_s is not None:
+            headers["retry-after"] = f"{self.cfg.retry_after_s:g}"
+        else:
             headers.update(retry_headers(admission.wait_s))
         message = rate_limit_message(admission, req.model, charge)
         body = error_body(message, admission.kind or "requests", None, "rate_limit_exceeded")
@@ -293,10 +351,26 @@ class Sim:
         return web.Response(status=599)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
+        if self.down():
+            return self._outage_reply(request)
         return web.Response(body=self._models_body, content_type=_JSON)
 
+    def snapshot(self) -> dict[str, Any]:
+        """Stats plus what the scenario knobs did: the other client's share, the outage."""
+        now = time.time()
+        out = self.stats.snapshot(now)
+        if isinstance(self.limiter, Limiter) and self.limiter.shared_rpm > 0:
+            out["shared_admitted"] = self.limiter.shared_admitted()
+        if self.spurious_at is not None:
+            out["spurious_429_at"] = self.spurious_at
+        if self.outage is not None:
+            # In wall-clock seconds, as per_second is.
+            start = now - (time.monotonic() - self.born) + self.outage.at_s
+            out["outage"] = {"start": start, "end": start + self.outage.duration_s}
+        return out
+
     async def get_stats(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=orjson.dumps(self.stats.snapshot(time.time())), content_type=_JSON)
+        return web.Response(body=orjson.dumps(self.snapshot()), content_type=_JSON)
 
     async def reset_stats(self, request: web.Request) -> web.StreamResponse:
         self.stats.reset(time.time())
@@ -357,7 +431,7 @@ class RunningSim:
 
     def stats(self) -> dict[str, Any]:
         """The same dict GET /stats returns."""
-        return self.sim.stats.snapshot(time.time())
+        return self.sim.snapshot()
 
     def reset_stats(self) -> None:
         """The same as POST /stats/reset."""
@@ -378,6 +452,7 @@ async def running_sim(cfg: SimConfig) -> AsyncIterator[RunningSim]:
         app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=5.0
     )
     await runner.setup()
+    refusing = None
     try:
         # aiohttp's default backlog of 128 drops SYNs when a client opens 2048
         # connections at once; the kernel's 1 s, 3 s, 7 s... retransmits then
@@ -385,9 +460,26 @@ async def running_sim(cfg: SimConfig) -> AsyncIterator[RunningSim]:
         site = web.TCPSite(runner, cfg.host, cfg.port, backlog=4096)
         await site.start()
         port = int(runner.addresses[0][1])
+        if cfg.outage_s > 0 and cfg.outage_kind == "refuse":
+            refusing = asyncio.create_task(_refuse_during_outage(runner, site, cfg, port))
         yield RunningSim(cfg.host, port, app)
     finally:
+        if refusing is not None:
+            refusing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refusing
         await runner.cleanup()
+
+
+async def _refuse_during_outage(
+    runner: web.AppRunner, site: web.TCPSite, cfg: SimConfig, port: int
+) -> None:
+    """Close the listening socket for the outage (connections are refused), then reopen it."""
+    sim = runner.app[SIM_KEY]
+    await asyncio.sleep(max(0.0, sim.born + cfg.outage_at_s - time.monotonic()))
+    await site.stop()
+    await asyncio.sleep(max(0.0, sim.born + cfg.outage_at_s + cfg.outage_s - time.monotonic()))
+    await web.TCPSite(runner, cfg.host, port, backlog=4096).start()
 
 
 # --- CLI -------------------------------------------------------------------------------------
