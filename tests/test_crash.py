@@ -57,6 +57,16 @@ def wait_for_done(path: Path, timeout_s: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def wait_for_count(work: Workdir, event: str, count: int, timeout_s: float = 30.0) -> None:
+    """Wait until the log holds ``count`` lines of ``event`` (one per daemon life)."""
+    deadline = time.monotonic() + timeout_s
+    log = work.path / "daemon.log"
+    needle = b'"event":"%s"' % event.encode()
+    while not log.exists() or log.read_bytes().count(needle) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} {event!r} within {timeout_s}s"
+        time.sleep(0.05)
+
+
 def wait_for_event(work: Workdir, event: str, timeout_s: float = 20.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     log = work.path / "daemon.log"
@@ -80,9 +90,12 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(work: Workdir, sim_
         (work.spool("q") / f"c{i:03d}.txt").write_text(f"a small file, number {i}")
     rng = random.Random(1234)
     kills = 0
-    for _ in range(6):
+    for life in range(6):
         proc = start(work)
-        time.sleep(rng.uniform(0.6, 2.0))
+        # Timed from the end of recovery, not from exec: on a busy machine start-up
+        # alone can outlast a fixed delay, and the kill would never land mid-run.
+        wait_for_count(work, "recovered", life + 1)
+        time.sleep(rng.uniform(0.1, 1.4))
         if proc.poll() is not None:
             break  # finished before we could kill it
         proc.send_signal(signal.SIGKILL)

@@ -83,9 +83,9 @@ async def test_below_the_limits_nothing_is_refused() -> None:
             assert status == 200
             remaining.append(int(headers["x-ratelimit-remaining-requests"]))
         assert sim.stats()["rate_limited"] == 0
-    assert (
-        remaining[0] == 99 and remaining[-1] >= 50 and remaining == sorted(remaining, reverse=True)
-    )
+    # The bucket refills at 100/s while we send: on a busy machine a slow request can
+    # let it gain one back, so the count only has to stay within what was spent.
+    assert remaining[0] == 99 and all(50 <= r <= 99 for r in remaining)
 
 
 async def test_tokens_limit_and_retry_after_is_enough() -> None:
