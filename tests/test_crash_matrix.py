@@ -10,8 +10,8 @@ one outcome (one line per sample it asked for), every line whole and every id
 once.
 
 The randomness is seeded; the seed is printed. ``CRASH_POINT_SEED`` replays a
-run, and ``CRASH_POINT_ROUNDS`` (12 by default: about 140 daemon lives, under
-two minutes on two busy cores) scales it up for a soak.
+run, and ``CRASH_POINT_ROUNDS`` (18 by default: about 210 daemon lives, about
+two and a half minutes on two quiet cores) scales it up for a soak.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ WRITER_POINTS = [
 SPOOL_POINTS = ["claim_recorded", "claim_renamed", "source_moved"]
 # Recovery has something to settle only after a life that died with lines past the commit.
 NEEDS_A_TAIL = {"recovery_cut", "recovery_adopted"}
-ROUNDS = int(os.environ.get("CRASH_POINT_ROUNDS", "12"))
+ROUNDS = int(os.environ.get("CRASH_POINT_ROUNDS", "18"))
 LINES_PER_FILE = 6
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", "--once"]
 
