@@ -14,12 +14,15 @@ claim time, so readers only ever see UTF-8.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
 
 from synthd.errors import InputError
 from synthd.models import BadLine, Source, WorkItem
+
+if TYPE_CHECKING:
+    from synthd.config import JobConfig
 
 SNIFF_BYTES = 8192
 _CHUNK = 1 << 16
@@ -63,6 +66,11 @@ def whole_file_item(src: Source, raw: bytes, max_bytes: int) -> tuple[WorkItem, 
 def kind_of(name: str, configured: str) -> str:
     """The reader for a file: the suffix ``.jsonl`` wins over the job's setting."""
     return "jsonl" if name.endswith((".jsonl", ".ndjson")) else configured
+
+
+def reader_for(src: Source, f: BinaryIO, job: JobConfig, max_line_bytes: int) -> Reader:
+    """The reader the daemon uses for ``src`` in a job configured as ``job``."""
+    return Reader(src, f, kind_of(src.name, job.input), job.text_field, max_line_bytes)
 
 
 class Reader:

@@ -41,6 +41,25 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}.jsonl"
 
 
+def shard_pattern(prefix: str) -> re.Pattern[str]:
+    """Matches a stream's shard names: group 1 is the number, group 2 ``.part`` if open."""
+    return re.compile(re.escape(prefix) + r"-(\d{6})\.jsonl(\.part)?$")
+
+
+def shard_paths(folder: Path, prefix: str) -> list[Path]:
+    """A stream's shards, oldest first: ``PREFIX-000001.jsonl`` ... and the ``.part``.
+
+    Reads only the listing: export calls it while the daemon writes.
+    """
+    pattern = shard_pattern(prefix)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), name) for name in names if (m := pattern.match(name))]
+    return [folder / name for _, name in sorted(found)]
+
+
 class ShardStream:
     """One stream of shards in ``folder``. Not thread-safe: one writer only."""
 
@@ -50,7 +69,7 @@ class ShardStream:
         self.prefix = prefix
         self.max_records = max_records
         self.max_bytes = max_bytes
-        self._pattern = re.compile(re.escape(prefix) + r"-(\d{6})\.jsonl(\.part)?$")
+        self._pattern = shard_pattern(prefix)
         self._fd: int | None = None
         self._path: Path | None = None
         self.number: int | None = None  # of the open shard

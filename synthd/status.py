@@ -27,9 +27,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from synthd import spool
-from synthd.checkpoint import Checkpoint, JobCounts
+from synthd.checkpoint import STATE_FILE, Checkpoint, JobCounts
 from synthd.config import Config, Price
-from synthd.daemon import STATE_FILE
 from synthd.errors import SynthdError
 from synthd.service import parse_listen
 

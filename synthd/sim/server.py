@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from synthd.errors import InvalidRequest
 from synthd.sim import content
 from synthd.sim.config import SimConfig, parse_args
 from synthd.sim.faults import Fault, FaultPlan
@@ -44,7 +45,6 @@ from synthd.sim.protocol import (
     MAX_N,
     OVERLOADED,
     SERVER_ERROR,
-    InvalidRequest,
     Kind,
     SimRequest,
     api_key,
