@@ -36,6 +36,7 @@ from synthd import request, spool
 from synthd.budget import Calibration  # pure, though its module is the async budget
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.config import Config, Job, Price
+from synthd.cost import price_usd
 from synthd.errors import ConfigError, InputError
 from synthd.fingerprint import sampling_params
 from synthd.models import BadLine, Source, WorkItem
@@ -203,12 +204,10 @@ def estimate_minutes(requests: int, tokens: int, rpm: int, tpm: int) -> tuple[fl
 
 
 def estimate_cost(price: Price | None, prompt_tokens: int, completion_tokens: int) -> Cost | None:
-    if price is None:
+    parts = price_usd(price, prompt_tokens, completion_tokens)
+    if parts is None:
         return None
-    return Cost(
-        round(prompt_tokens * price.input_per_mtok / 1e6, 6),
-        round(completion_tokens * price.output_per_mtok / 1e6, 6),
-    )
+    return Cost(round(parts[0], 6), round(parts[1], 6))
 
 
 def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
