@@ -42,7 +42,7 @@ import orjson
 
 from synthd import exportcheck
 from synthd.errors import ConfigError, ExportError, Unusable
-from synthd.shards import shard_paths
+from synthd.shards import closed_name, shard_paths
 
 if TYPE_CHECKING:
     from synthd.config import Config, Job
@@ -339,8 +339,8 @@ class ShardReader:
 def _open_shard(path: Path) -> BinaryIO | None:
     """Open a shard; a ``.part`` closed since it was listed is read under its final name."""
     candidates = [path]
-    if path.name.endswith(".part"):
-        candidates.append(path.with_name(path.name.removesuffix(".part")))
+    if (final := closed_name(path)) != path:
+        candidates.append(final)
     for p in candidates:
         try:
             return open(p, "rb")  # the caller closes it

@@ -41,6 +41,11 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}.jsonl"
 
 
+def closed_name(path: Path) -> Path:
+    """The name an open ``.part`` shard takes when it is closed (a closed one keeps its own)."""
+    return path.with_name(path.name.removesuffix(_PART))
+
+
 def shard_pattern(prefix: str) -> re.Pattern[str]:
     """Matches a stream's shard names: group 1 is the number, group 2 ``.part`` if open."""
     return re.compile(re.escape(prefix) + r"-(\d{6})\.jsonl(\.part)?$")
@@ -173,7 +178,7 @@ class ShardStream:
         if self._fd is None or self._path is None:
             return None
         os.fsync(self._fd)
-        final = self._path.with_name(self._path.name[: -len(_PART)])
+        final = closed_name(self._path)
         # Rename before closing: if the rename fails, the shard stays open and whole.
         os.rename(self._path, final)
         os.close(self._fd)

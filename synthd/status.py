@@ -28,10 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from synthd import spool
 from synthd.checkpoint import STATE_FILE, Checkpoint, JobCounts
-from synthd.config import Config, Price
+from synthd.config import Config, Price, parse_listen
 from synthd.cost import price_usd
 from synthd.errors import SynthdError
-from synthd.service import parse_listen
 
 ITEM_STATES = ("record", "rejected", "dead", "bad_input")
 METRICS_TIMEOUT_S = 1.0
