@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 TRUNCATION_MARKER = "\n[... truncated ...]"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs ~2 µs an item on the hot path
 class Request:
     """One item's request as it will be sent."""
 
