@@ -14,15 +14,12 @@ claim time, so readers only ever see UTF-8.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO, Protocol
 
 import orjson
 
 from synthd.errors import InputError
 from synthd.models import BadLine, Source, WorkItem
-
-if TYPE_CHECKING:
-    from synthd.config import JobConfig
 
 SNIFF_BYTES = 8192
 _CHUNK = 1 << 16
@@ -68,7 +65,17 @@ def kind_of(name: str, configured: str) -> str:
     return "jsonl" if name.endswith((".jsonl", ".ndjson")) else configured
 
 
-def reader_for(src: Source, f: BinaryIO, job: JobConfig, max_line_bytes: int) -> Reader:
+class InputSettings(Protocol):
+    """What reading needs of a job's config (``synthd.config.JobConfig`` has it)."""
+
+    @property
+    def input(self) -> str: ...
+
+    @property
+    def text_field(self) -> str: ...
+
+
+def reader_for(src: Source, f: BinaryIO, job: InputSettings, max_line_bytes: int) -> Reader:
     """The reader the daemon uses for ``src`` in a job configured as ``job``."""
     return Reader(src, f, kind_of(src.name, job.input), job.text_field, max_line_bytes)
 
