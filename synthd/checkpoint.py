@@ -37,6 +37,8 @@ from typing import Any
 
 from synthd.models import Outcome, Source
 
+STATE_FILE = "synthd.db"  # in [paths] state: the daemon's, status's and dry-run's one database
+
 ShardKey = tuple[str, str, int]  # (job, stream, number): a shard, wherever it lives now
 
 _SCHEMA = """

@@ -33,6 +33,7 @@ from synthd.errors import (
 )
 from synthd.headers import RateHeaders, parse_rate_headers, parse_retry_after
 from synthd.models import Choice, Reply
+from synthd.prompts import ENDPOINTS
 
 _RETRYABLE_4XX = frozenset({408, 409})
 
@@ -65,10 +66,7 @@ class HttpClient:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._urls = {
-            "chat": f"{cfg.base_url}/chat/completions",
-            "completions": f"{cfg.base_url}/completions",
-        }
+        self._urls = {api: cfg.base_url + path for api, path in ENDPOINTS.items()}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:

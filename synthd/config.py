@@ -337,3 +337,9 @@ def _read_text(file: str, key: str, path: Path) -> str:
         raise ConfigError(file, key, f"file not found: {path}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(file, key, f"cannot read {path}: {e}") from e
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``[service] listen`` as (host, port): the service binds it, ``synthd status`` reads it."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)

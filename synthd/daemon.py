@@ -26,7 +26,7 @@ import structlog
 
 from synthd import config as config_mod
 from synthd import memory, notify
-from synthd.checkpoint import Checkpoint
+from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
 from synthd.errors import ConfigError, DaemonFailed, WriterFailed
@@ -41,7 +41,6 @@ from synthd.writer import Writer
 
 log = structlog.get_logger("synthd.daemon")
 
-STATE_FILE = "synthd.db"
 _FAILED_CLOSE_S = 5.0  # how long a failed daemon lets the writer finish its batch
 
 

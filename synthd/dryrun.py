@@ -1,11 +1,12 @@
 """``synthd dry-run``: the requests a job would send, and what its backlog would cost.
 
-The first ``n`` request bodies of each job are built by ``synthd.pipeline.prepare``,
+The first ``n`` request bodies of each job are built by ``synthd.request.build``,
 the function the daemon itself calls, so a body shown here is the body that would
 be POSTed, truncation and all. Then the job's whole backlog is read the way the
 daemon would read it: claimed files first (from their resume points in the
 checkpoint, skipping items already done), then unclaimed files oldest first,
-streamed by ``synthd.items.Reader`` so memory does not grow with the spool.
+opened, transcoded and streamed by the daemon's own ``synthd.spool`` and
+``synthd.items`` functions, so memory does not grow with the spool.
 
 The figures are estimates: prompt tokens at ``Calibration``'s default characters
 per token (the daemon learns the real ratio from ``usage`` as it runs);
@@ -20,31 +21,28 @@ in place when it claims it, is transcoded into a temporary copy instead.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
+import structlog
 
 from synthd import items as items_mod
-from synthd import spool
-from synthd.budget import Budget, Calibration
-from synthd.checkpoint import Checkpoint
+from synthd import request, spool
+from synthd.budget import Calibration  # pure, though its module is the async budget
+from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.config import Config, Job, Price
-from synthd.daemon import STATE_FILE
+from synthd.cost import price_usd
 from synthd.errors import ConfigError, InputError
-from synthd.filters import FilterChain
+from synthd.fingerprint import sampling_params
 from synthd.models import BadLine, Source, WorkItem
-from synthd.pipeline import Attempt, Dispatcher, JobRuntime, prepare
+from synthd.prompts import ENDPOINTS
 
-ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
-# Files that start like this are transcoded by spool.transcode_if_bom at claim time.
-_BOM_STARTS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)
+log = structlog.get_logger("synthd.dryrun")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +63,7 @@ class Backlog:
     files_claimed: int = 0  # in .work/, with work left
     requests: int = 0  # items that would be sent (one request each, n = samples)
     bad_lines: int = 0  # lines the reader refuses: invalid JSON, no text field, too long
-    unsendable: int = 0  # items prepare refuses: missing placeholder, prompt too long ...
+    unsendable: int = 0  # items the daemon would refuse: missing placeholder, prompt too long ...
     prompt_tokens: int = 0  # estimated
     completion_tokens_max: int = 0  # max_tokens × samples per request: an upper bound
     reserved_tokens: int = 0  # what the budget reserves: prompt + max_tokens × samples
@@ -179,12 +177,10 @@ def plan(cfg: Config, jobs: Sequence[str] = (), n: int = 5) -> DryRun:
         if name not in cfg.jobs:
             known = ", ".join(cfg.jobs)
             raise ConfigError(str(cfg.source), "jobs", f"no job named {name!r} (jobs: {known})")
-    # One budget per provider, as the daemon has; prepare reads its estimate and tpm.
-    budgets = {name: Budget(name, p) for name, p in cfg.providers.items()}
     state = cfg.paths.state / STATE_FILE
     cp = Checkpoint(state, readonly=True) if state.exists() else None
     try:
-        plans = [_plan_job(cfg, cfg.jobs[name], budgets, cp, n) for name in names]
+        plans = [_plan_job(cfg, cfg.jobs[name], cp, n) for name in names]
     finally:
         if cp is not None:
             cp.close()
@@ -208,32 +204,17 @@ def estimate_minutes(requests: int, tokens: int, rpm: int, tpm: int) -> tuple[fl
 
 
 def estimate_cost(price: Price | None, prompt_tokens: int, completion_tokens: int) -> Cost | None:
-    if price is None:
+    parts = price_usd(price, prompt_tokens, completion_tokens)
+    if parts is None:
         return None
-    return Cost(
-        round(prompt_tokens * price.input_per_mtok / 1e6, 6),
-        round(completion_tokens * price.output_per_mtok / 1e6, 6),
-    )
+    return Cost(round(parts[0], 6), round(parts[1], 6))
 
 
-class _Offline:
-    """The one thing ``prepare`` reads from a dispatcher: its provider's budget.
-
-    Nothing here sends or waits; the budget only lends its token estimate and tpm.
-    """
-
-    __slots__ = ("budget",)
-
-    def __init__(self, budget: Budget) -> None:
-        self.budget = budget
-
-
-def _plan_job(
-    cfg: Config, job: Job, budgets: dict[str, Budget], cp: Checkpoint | None, n: int
-) -> JobPlan:
+def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
     jc = job.config
-    budget = budgets[jc.provider]
-    rt = JobRuntime(job, FilterChain(jc.filters), cast(Dispatcher, _Offline(budget)))
+    # What a cold daemon starts from: the default calibration, the configured tpm.
+    calibration, tpm = Calibration(), float(cfg.providers[jc.provider].tpm)
+    params = sampling_params(jc)
     url = cfg.providers[jc.provider].base_url + ENDPOINTS[jc.api]
     backlog = Backlog()
     samples: list[Sample] = []
@@ -247,16 +228,19 @@ def _plan_job(
                 if isinstance(thing, BadLine):
                     backlog.bad_lines += 1
                     continue
-                prepared = prepare(rt, thing)
-                if not isinstance(prepared, Attempt):
+                req = request.build(job, params, thing, calibration, tpm)
+                if isinstance(req, request.Unsendable):
+                    _unsendable(job, thing, req)
                     backlog.unsendable += 1
                     continue
+                if req.tokens_before_cut is not None:
+                    _truncated(job, thing, req.tokens_before_cut)
                 backlog.requests += 1
-                backlog.prompt_tokens += budget.calibration.estimate(prepared.prompt_chars)
+                backlog.prompt_tokens += req.prompt_tokens
                 backlog.completion_tokens_max += jc.max_tokens * jc.samples
-                backlog.reserved_tokens += prepared.reserved
+                backlog.reserved_tokens += req.reserved
                 if len(samples) < n:
-                    body = orjson.loads(prepared.body)
+                    body = orjson.loads(req.body)
                     samples.append(Sample(src.name, thing.line, url, body))
             if total == 0 and src.resume_seq == 0:
                 backlog.failing_files[src.name] = "empty"
@@ -285,6 +269,29 @@ def _plan_job(
     )
 
 
+def _unsendable(job: Job, item: WorkItem, why: request.Unsendable) -> None:
+    """Say which item the daemon would refuse and why, as its pipeline would."""
+    log.warning(
+        "item_unsendable",
+        job=job.name,
+        file=item.source.name,
+        line=item.line,
+        reason=why.reason,
+        detail=why.detail,
+    )
+
+
+def _truncated(job: Job, item: WorkItem, tokens_before: int) -> None:
+    log.warning(
+        "prompt_truncated",
+        job=job.name,
+        file=item.source.name,
+        line=item.line,
+        tokens_before=tokens_before,
+        limit=job.config.max_prompt_tokens,
+    )
+
+
 def _sources(
     cfg: Config, job: Job, cp: Checkpoint | None, backlog: Backlog
 ) -> Iterator[tuple[Source, Path, set[int]]]:
@@ -295,11 +302,10 @@ def _sources(
     job_dir = cfg.paths.spool / job.name
     if cp is not None:
         for src in cp.active_sources(job.name):
-            path = Path(src.path)
-            if not path.exists() and src.resume_seq == 0:
+            if not spool.claim_surely_happened(cp, src):
                 continue  # a claim whose rename never happened: the daemon forgets it
             backlog.files_claimed += 1
-            yield src, path, set(cp.done_after(src.id, src.resume_seq))
+            yield src, Path(src.path), set(cp.done_after(src.id, src.resume_seq))
     try:
         entries = spool.scan(job_dir)
     except FileNotFoundError:
@@ -314,28 +320,16 @@ def _sources(
 
 
 def _read(cfg: Config, job: Job, src: Source, path: Path) -> Iterator[WorkItem | BadLine]:
-    """The items of one file from its resume point, as the daemon's reader yields them."""
+    """The items of one file from its resume point, read by the daemon's own functions.
+
+    A file the daemon would transcode at claim time is transcoded into a temporary copy.
+    """
     with contextlib.ExitStack() as stack:
-        if src.resume_offset == 0 and src.resume_seq == 0:
-            path = _utf8_view(path, stack)
-        f = stack.enter_context(open(path, "rb"))
-        f.seek(src.resume_offset)
-        kind = items_mod.kind_of(src.name, job.config.input)
-        reader = items_mod.Reader(src, f, kind, job.config.text_field, cfg.service.max_line_bytes)
-        yield from reader
-
-
-def _utf8_view(path: Path, stack: contextlib.ExitStack) -> Path:
-    """``path``, or a UTF-8 copy of it if the daemon would transcode it at claim time."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head.startswith(_BOM_STARTS):
-        return path
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="synthd-dry-run-")))
-    copy = tmp / path.name
-    shutil.copyfile(path, copy)
-    spool.transcode_if_bom(copy)
-    return copy
+        if spool.untouched(src) and spool.file_bom_codec(path) is not None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="synthd-dry-run-"))
+            path = spool.utf8_copy(path, Path(tmp))
+        f = stack.enter_context(spool.open_at_resume(src, path))
+        yield from items_mod.reader_for(src, f, job.config, cfg.service.max_line_bytes)
 
 
 # -- the human report ------------------------------------------------------------------

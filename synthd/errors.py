@@ -127,3 +127,34 @@ class OutputBlocked(SynthdError):
     def __init__(self, path: str, detail: str) -> None:
         self.path = path
         super().__init__(f"{path}: {detail}")
+
+
+class ExportError(SynthdError):
+    """A shard cannot be read or an export file cannot be written (``synthd export``)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {detail}")
+
+
+class Unusable(Exception):
+    """A record that cannot become an example; ``kind`` is a stable problem code.
+
+    Not a ``SynthdError``: the exporter counts it per record, it never reaches the CLI.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(kind)
+
+
+class InvalidRequest(Exception):
+    """The simulator's 400: a request the real API would refuse; ``param`` names the field.
+
+    Not a ``SynthdError``: the simulator turns it into an HTTP answer, never an exit code.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param

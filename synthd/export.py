@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import statistics
 from collections import Counter
 from collections.abc import Iterator
@@ -42,7 +41,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, get_args
 import orjson
 
 from synthd import exportcheck
-from synthd.errors import ConfigError, SynthdError
+from synthd.errors import ConfigError, ExportError, Unusable
+from synthd.shards import closed_name, shard_paths
 
 if TYPE_CHECKING:
     from synthd.config import Config, Job
@@ -50,22 +50,6 @@ if TYPE_CHECKING:
 Format = Literal["chat", "prompt-completion", "raw"]
 FORMATS: tuple[str, ...] = get_args(Format)
 Split = Literal["train", "val"]
-
-
-class ExportError(SynthdError):
-    """A shard cannot be read or an export file cannot be written."""
-
-    def __init__(self, path: str, detail: str) -> None:
-        self.path = path
-        super().__init__(f"{path}: {detail}")
-
-
-class Unusable(Exception):
-    """A record that cannot become an example; ``kind`` is a stable problem code."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        super().__init__(kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,17 +308,6 @@ def render(summary: Summary, train: Path, val: Path) -> str:
 # -- the shell: read shards, write files ----------------------------------------
 
 
-def shard_paths(folder: Path, prefix: str) -> list[Path]:
-    """A stream's shards, oldest first: ``PREFIX-000001.jsonl`` ... and the ``.part``."""
-    pattern = re.compile(re.escape(prefix) + r"-(\d{6})\.jsonl(\.part)?$")
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    found = [(int(m.group(1)), name) for name in names if (m := pattern.match(name))]
-    return [folder / name for _, name in sorted(found)]
-
-
 class ShardReader:
     """The complete lines of a job's record shards, oldest first.
 
@@ -366,8 +339,8 @@ class ShardReader:
 def _open_shard(path: Path) -> BinaryIO | None:
     """Open a shard; a ``.part`` closed since it was listed is read under its final name."""
     candidates = [path]
-    if path.name.endswith(".part"):
-        candidates.append(path.with_name(path.name.removesuffix(".part")))
+    if (final := closed_name(path)) != path:
+        candidates.append(final)
     for p in candidates:
         try:
             return open(p, "rb")  # the caller closes it

@@ -284,22 +284,18 @@ class Feeder:
         """Open a claimed file where its work resumes (blocking): a UTF-16/32 file is
         made UTF-8 first."""
         path = Path(src.path)
-        if src.resume_offset == 0 and src.resume_seq == 0:
+        if spool.untouched(src):
             codec = spool.transcode_if_bom(path)
             if codec is not None:
                 log.info("transcoded", job=src.job, file=src.name, codec=codec)
-        f = open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+        f = spool.open_at_resume(src, path)
         try:
-            f.seek(src.resume_offset)
             watch = spool.ClaimWatch(f.fileno(), src.path)
-            size = watch.size
         except OSError:
             f.close()
             raise
-        cfg = rt.job.config
-        kind = items_mod.kind_of(src.name, cfg.input)
         max_line = self.config.service.max_line_bytes
-        return f, items_mod.Reader(src, f, kind, cfg.text_field, max_line), watch, size
+        return f, items_mod.reader_for(src, f, rt.job.config, max_line), watch, watch.size
 
     async def _admit_one(self, rt: JobRuntime, provider: str, thing: Thing, nbytes: int) -> None:
         """Wait for a slot and the item's bytes, then render and queue it."""

@@ -14,7 +14,7 @@ claim time, so readers only ever see UTF-8.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import orjson
 
@@ -63,6 +63,21 @@ def whole_file_item(src: Source, raw: bytes, max_bytes: int) -> tuple[WorkItem, 
 def kind_of(name: str, configured: str) -> str:
     """The reader for a file: the suffix ``.jsonl`` wins over the job's setting."""
     return "jsonl" if name.endswith((".jsonl", ".ndjson")) else configured
+
+
+class InputSettings(Protocol):
+    """What reading needs of a job's config (``synthd.config.JobConfig`` has it)."""
+
+    @property
+    def input(self) -> str: ...
+
+    @property
+    def text_field(self) -> str: ...
+
+
+def reader_for(src: Source, f: BinaryIO, job: InputSettings, max_line_bytes: int) -> Reader:
+    """The reader the daemon uses for ``src`` in a job configured as ``job``."""
+    return Reader(src, f, kind_of(src.name, job.input), job.text_field, max_line_bytes)
 
 
 class Reader:

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from synthd import jsonbytes, records
+from synthd import records, request
 from synthd.budget import Budget, token_estimate
 from synthd.circuit import Circuit
 from synthd.client import Client
@@ -36,20 +36,16 @@ from synthd.errors import (
     QuotaExhausted,
     RateLimited,
     Retryable,
-    TemplateError,
 )
 from synthd.filters import FilterChain
 from synthd.fingerprint import sampling_params
 from synthd.logs import redact
 from synthd.metrics import JobStats, ProviderStats
 from synthd.models import BadLine, Outcome, Rejection, WorkItem
-from synthd.prompts import request_body
 from synthd.retry import capped_wait_s, retry_delay_s
 from synthd.writer import Writer
 
 log = structlog.get_logger("synthd.pipeline")
-
-TRUNCATION_MARKER = "\n[... truncated ...]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,54 +96,25 @@ class Attempt:
 
 
 def prepare(rt: JobRuntime, item: WorkItem) -> Attempt | Outcome:
-    """Render an item. Items that cannot be sent become outcomes at once."""
+    """Render an item (``synthd.request.build``). Items that cannot be sent become
+    outcomes at once."""
     snap = rt.snapshot
-    job, cfg = snap.job, snap.job.config
     budget = rt.dispatcher.budget
-    try:
-        text = job.template.render(item.fields)
-    except TemplateError as e:
-        return _unsendable(rt, item, "missing_field", str(e))
-    overhead = len(job.system or "")
-    prompt_tokens = budget.calibration.estimate(len(text) + overhead)
-    limit = cfg.max_prompt_tokens
-    context = item.fields["context"]
-    if limit is not None and prompt_tokens > limit:
-        if cfg.on_long_prompt == "reject":
-            return _unsendable(
-                rt, item, "prompt_too_long", f"about {prompt_tokens} tokens > {limit}"
-            )
-        context = _truncated_context(job, rt, item, limit - budget.calibration.estimate(overhead))
-        text = job.template.render({**item.fields, "context": context})
+    req = request.build(snap.job, snap.params, item, budget.calibration, budget.tpm)
+    if isinstance(req, request.Unsendable):
+        return _unsendable(rt, item, req.reason, req.detail)
+    if req.tokens_before_cut is not None:
         log.warning(
             "prompt_truncated",
-            job=job.name,
+            job=snap.job.name,
             file=item.source.name,
             line=item.line,
-            tokens_before=prompt_tokens,
-            limit=limit,
+            tokens_before=req.tokens_before_cut,
+            limit=snap.job.config.max_prompt_tokens,
         )
-        prompt_tokens = budget.calibration.estimate(len(text) + overhead)
-    reserved = token_estimate(prompt_tokens, cfg.max_tokens, cfg.samples)
-    if reserved > budget.tpm:
-        return _unsendable(
-            rt,
-            item,
-            "too_large_for_budget",
-            f"about {reserved} tokens per request > tpm {budget.tpm:g}",
-        )
-    body = request_body(cfg.api, cfg.model, text, job.system, snap.params)
-    prompt = body["messages"] if cfg.api == "chat" else body["prompt"]
-    body_bytes = jsonbytes.dumps(body)
-    return Attempt(rt, snap, item, body_bytes, prompt, len(text) + overhead, reserved, context)
-
-
-def _truncated_context(job: Job, rt: JobRuntime, item: WorkItem, token_room: int) -> str:
-    """The context cut so the whole prompt fits, with a marker that says so."""
-    cpt = rt.dispatcher.budget.calibration.chars_per_token
-    frame = len(job.template.render({**item.fields, "context": ""}))
-    room = max(0, int(token_room * cpt) - frame - len(TRUNCATION_MARKER))
-    return item.fields["context"][:room] + TRUNCATION_MARKER
+    return Attempt(
+        rt, snap, item, req.body, req.prompt, req.prompt_chars, req.reserved, req.context
+    )
 
 
 def _unsendable(rt: JobRuntime, item: WorkItem, reason: str, detail: str) -> Outcome:

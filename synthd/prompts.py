@@ -13,6 +13,8 @@ from typing import Any
 
 from synthd.errors import TemplateError
 
+# The path each api posts its request_body to, under a provider's base_url.
+ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 
 
@@ -59,7 +61,7 @@ def request_body(
     system: str | None,
     params: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The JSON body for ``/chat/completions`` or ``/completions``.
+    """The JSON body to POST to ``ENDPOINTS[api]``.
 
     ``params`` holds the sampling parameters exactly as the API names them
     (``temperature``, ``max_tokens``, ``n``, ``stop`` ...).

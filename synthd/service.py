@@ -18,16 +18,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from synthd.config import parse_listen
 from synthd.looplag import LagCollector
 from synthd.metrics import StatsCollector
 
 if TYPE_CHECKING:
     from synthd.daemon import Daemon
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:

@@ -41,6 +41,30 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}.jsonl"
 
 
+def closed_name(path: Path) -> Path:
+    """The name an open ``.part`` shard takes when it is closed (a closed one keeps its own)."""
+    return path.with_name(path.name.removesuffix(_PART))
+
+
+def shard_pattern(prefix: str) -> re.Pattern[str]:
+    """Matches a stream's shard names: group 1 is the number, group 2 ``.part`` if open."""
+    return re.compile(re.escape(prefix) + r"-(\d{6})\.jsonl(\.part)?$")
+
+
+def shard_paths(folder: Path, prefix: str) -> list[Path]:
+    """A stream's shards, oldest first: ``PREFIX-000001.jsonl`` ... and the ``.part``.
+
+    Reads only the listing: export calls it while the daemon writes.
+    """
+    pattern = shard_pattern(prefix)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), name) for name in names if (m := pattern.match(name))]
+    return [folder / name for _, name in sorted(found)]
+
+
 class ShardStream:
     """One stream of shards in ``folder``. Not thread-safe: one writer only."""
 
@@ -50,7 +74,7 @@ class ShardStream:
         self.prefix = prefix
         self.max_records = max_records
         self.max_bytes = max_bytes
-        self._pattern = re.compile(re.escape(prefix) + r"-(\d{6})\.jsonl(\.part)?$")
+        self._pattern = shard_pattern(prefix)
         self._fd: int | None = None
         self._path: Path | None = None
         self.number: int | None = None  # of the open shard
@@ -154,7 +178,7 @@ class ShardStream:
         if self._fd is None or self._path is None:
             return None
         os.fsync(self._fd)
-        final = self._path.with_name(self._path.name[: -len(_PART)])
+        final = closed_name(self._path)
         # Rename before closing: if the rename fails, the shard stays open and whole.
         os.rename(self._path, final)
         os.close(self._fd)

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import codecs
 import os
+import shutil
 import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 import structlog
@@ -148,13 +150,15 @@ def claim_batch(
     return won, refused
 
 
-def claim_happened(cp: Checkpoint, src: Source) -> bool:
-    """A crash between recording a claim and its rename leaves a row to forget.
+def claim_surely_happened(cp: Checkpoint, src: Source) -> bool:
+    """Its file is in ``.work/`` or any of its items is done (then a vanished file is
+    reported, never silently forgotten). Reads only: a dry run asks it too."""
+    return Path(src.path).exists() or src.resume_seq > 0 or cp.has_items(src.id)
 
-    The claim surely happened if its file is in ``.work/`` or any of its items
-    is done (then a vanished file is reported, never silently forgotten).
-    """
-    if Path(src.path).exists() or src.resume_seq > 0 or cp.has_items(src.id):
+
+def claim_happened(cp: Checkpoint, src: Source) -> bool:
+    """A crash between recording a claim and its rename leaves a row to forget."""
+    if claim_surely_happened(cp, src):
         return True
     cp.forget_source(src.id)
     log.info("claim_forgotten", job=src.job, file=src.name)
@@ -260,11 +264,42 @@ def bom_codec(head: bytes) -> str | None:
     return next((c for bom, c in _BOMS if head.startswith(bom)), None)
 
 
+def file_bom_codec(path: Path) -> str | None:
+    """The codec a UTF-16/32 byte-order mark at the start of the file names, if any."""
+    with open(path, "rb") as f:
+        return bom_codec(f.read(4))
+
+
+def untouched(src: Source) -> bool:
+    """Nothing of the claimed file is done yet: the one time it may be transcoded."""
+    return src.resume_offset == 0 and src.resume_seq == 0
+
+
+def open_at_resume(src: Source, path: Path) -> BinaryIO:
+    """``path`` (the claimed file, or a copy of it) open where ``src``'s work resumes."""
+    f = open(path, "rb")  # noqa: SIM115 - returned open: the caller's with-block closes it
+    try:
+        f.seek(src.resume_offset)
+    except OSError:
+        f.close()
+        raise
+    return f
+
+
+def utf8_copy(path: Path, folder: Path) -> Path:
+    """``path``, or a UTF-8 copy of it in ``folder`` if it has a UTF-16/32 BOM: what the
+    file will read as once claimed, without touching it. Raises ``InputError``."""
+    if file_bom_codec(path) is None:
+        return path
+    copy = folder / path.name
+    shutil.copyfile(path, copy)
+    transcode_if_bom(copy)
+    return copy
+
+
 def transcode_if_bom(path: Path) -> str | None:
     """Rewrite a UTF-16/32 file with a BOM as UTF-8 in place; return the codec."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    codec = bom_codec(head)
+    codec = file_bom_codec(path)
     if codec is None:
         return None
     tmp = path.with_name(path.name + ".utf8.part")

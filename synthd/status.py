@@ -27,11 +27,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from synthd import spool
-from synthd.checkpoint import Checkpoint, JobCounts
-from synthd.config import Config, Price
-from synthd.daemon import STATE_FILE
+from synthd.checkpoint import STATE_FILE, Checkpoint, JobCounts
+from synthd.config import Config, Price, parse_listen
+from synthd.cost import price_usd
 from synthd.errors import SynthdError
-from synthd.service import parse_listen
 
 ITEM_STATES = ("record", "rejected", "dead", "bad_input")
 METRICS_TIMEOUT_S = 1.0
@@ -224,10 +223,8 @@ def parse_live(text: str) -> dict[str, Live] | None:
 
 
 def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float | None:
-    if price is None:
-        return None
-    total = prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok
-    return round(total / 1e6, 6)
+    parts = price_usd(price, prompt_tokens, completion_tokens)
+    return None if parts is None else round(sum(parts), 6)
 
 
 # -- the human table -----------------------------------------------------------------

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from synthd.pipeline import TRUNCATION_MARKER
+from synthd.request import TRUNCATION_MARKER
 from synthd.sim import SimConfig, running_sim
 from tests.conftest import Workdir, sim_process, simple_job
 from tests.test_daemon import run_once

@@ -5,6 +5,7 @@
 """
 
 from synthd.sim.config import SimConfig
-from synthd.sim.server import RunningSim, main, make_app, running_sim
+from synthd.sim.run import RunningSim, main, running_sim
+from synthd.sim.server import make_app
 
 __all__ = ["RunningSim", "SimConfig", "main", "make_app", "running_sim"]

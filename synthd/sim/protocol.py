@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
+from synthd.errors import InvalidRequest
 from synthd.sim import content
 
 Kind = Literal["chat", "text"]
@@ -24,15 +25,6 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "functio
 
 
 # --- requests --------------------------------------------------------------------------------
-
-
-class InvalidRequest(Exception):
-    """A request the real API would refuse with 400; ``param`` names the offending field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 @dataclass(frozen=True, slots=True)
