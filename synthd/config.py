@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from synthd.errors import ConfigError
+from synthd.fingerprint import job_fingerprint
 from synthd.prompts import Template
 
 Api = Literal["chat", "completions"]
@@ -317,8 +318,6 @@ def _resolve_job(file: str, name: str, cfg: JobConfig, providers: dict[str, Prov
             raise ConfigError(file, schema_key, f"not valid JSON: {e}") from e
     if cfg.filters.split == "turns" and len(cfg.filters.speakers) != 2:
         raise ConfigError(file, f"{key}.filters.speakers", "split = 'turns' needs two speakers")
-    from synthd.fingerprint import job_fingerprint
-
     fingerprint = job_fingerprint(cfg, template.text, system)
     return Job(name, cfg, template, system, fingerprint, schema)
 

@@ -37,6 +37,7 @@ from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source
 from synthd.pipeline import Dispatcher, JobRuntime
 from synthd.progress import ProgressLog
+from synthd.service import Watched, start_service
 from synthd.writer import Writer
 
 log = structlog.get_logger("synthd.daemon")
@@ -239,9 +240,17 @@ class Daemon:
         listen = self.config.service.listen
         if not listen:
             return None
-        from synthd.service import start_service
-
-        return await start_service(self, listen)
+        watched = Watched(
+            jobs={name: rt.stats for name, rt in self.jobs.items()},
+            providers=self.provider_stats,
+            providers_used=frozenset(rt.job.config.provider for rt in self.jobs.values()),
+            loop_lag=self.loop_lag,
+            started=self.started,
+            failure=lambda: self.failure,
+            output_blocked=lambda: self.writer.blocked,
+        )
+        runner, self.http_port = await start_service(watched, listen)
+        return runner
 
     async def _reload(self) -> None:
         """Re-read config and templates; jobs keep running, in flight work is kept."""

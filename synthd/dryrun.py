@@ -33,7 +33,7 @@ import orjson
 
 from synthd import items as items_mod
 from synthd import spool
-from synthd.budget import Budget, Calibration
+from synthd.budget import Budget
 from synthd.checkpoint import Checkpoint
 from synthd.config import Config, Job, Price
 from synthd.daemon import STATE_FILE
@@ -41,6 +41,7 @@ from synthd.errors import ConfigError, InputError
 from synthd.filters import FilterChain
 from synthd.models import BadLine, Source, WorkItem
 from synthd.pipeline import Attempt, Dispatcher, JobRuntime, prepare
+from synthd.ratemath import Calibration
 
 ENDPOINTS = {"chat": "/chat/completions", "completions": "/completions"}
 # Files that start like this are transcoded by spool.transcode_if_bom at claim time.

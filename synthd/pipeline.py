@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from synthd import jsonbytes, records
-from synthd.budget import Budget, token_estimate
+from synthd.budget import Budget
 from synthd.circuit import Circuit
 from synthd.client import Client
 from synthd.config import Job, ProviderConfig
@@ -44,6 +44,7 @@ from synthd.logs import redact
 from synthd.metrics import JobStats, ProviderStats
 from synthd.models import BadLine, Outcome, Rejection, WorkItem
 from synthd.prompts import request_body
+from synthd.ratemath import token_estimate
 from synthd.retry import capped_wait_s, retry_delay_s
 from synthd.writer import Writer
 
