@@ -204,6 +204,21 @@ class Config:
         return os.environ.get(self.providers[provider].api_key_env) or None
 
 
+@dataclass(frozen=True, slots=True)
+class SystemdEnv:
+    """What a service manager passes a service (sd_notify(3)); all None outside one."""
+
+    notify_socket: str | None  # $NOTIFY_SOCKET: where status datagrams go
+    watchdog_usec: str | None  # $WATCHDOG_USEC: the watchdog interval, unparsed
+    watchdog_pid: str | None  # $WATCHDOG_PID: the process the watchdog is meant for
+
+
+def systemd_env() -> SystemdEnv:
+    """The manager's variables as they are now (``synthd.notify`` parses them)."""
+    env = os.environ
+    return SystemdEnv(env.get("NOTIFY_SOCKET"), env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID"))
+
+
 def crash_at() -> str | None:
     """The crash point a test armed (``SYNTHD_CRASH_AT``, see ``crashpoints``)."""
     return os.environ.get("SYNTHD_CRASH_AT") or None
