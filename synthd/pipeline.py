@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -458,8 +458,6 @@ def _provider_down_sign(e: ProviderError) -> bool:
 
 def _with_estimated_usage(a: Attempt, reply: Any, budget: Budget) -> Any:
     """A reply without ``usage``: estimate it so records and costs stay complete."""
-    from dataclasses import replace
-
     completion = sum(budget.calibration.estimate(len(c.text or "")) for c in reply.choices)
     prompt = budget.calibration.estimate(a.prompt_chars)
     return replace(reply, prompt_tokens=prompt, completion_tokens=completion)

@@ -41,6 +41,7 @@ from synthd.checkpoint import Checkpoint, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
 from synthd.models import Outcome, Source
+from synthd.records import digest
 from synthd.shards import ShardStream, Tail
 
 log = structlog.get_logger("synthd.writer")
@@ -452,8 +453,6 @@ def _complete(lines: list[tuple[str, dict[str, Any], bytes]]) -> bool:
 def _outcome_from_lines(
     source_id: int, job: str, seq: int, lines: list[tuple[str, dict[str, Any], bytes]]
 ) -> Outcome:
-    from synthd.records import digest
-
     kinds = {kind for kind, _, _ in lines}
     first = lines[0][1]
     src = Source(source_id, job, first["source"]["claim"], first["source"].get("file", ""), "", "")
