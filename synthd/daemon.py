@@ -47,6 +47,16 @@ _FAILED_CLOSE_S = 5.0  # how long a failed daemon lets the writer finish its bat
 
 
 class Daemon:
+    """The service's lifecycle: owns every part and runs them on one event loop.
+
+    Builds the checkpoint, writer, feeder and, in ``run``, one dispatcher per provider,
+    one ``JobRuntime`` per job, the HTTP endpoint and the tickers; wires the writer's
+    callbacks to the job counters and the feeder. ``run``, ``stop`` and the signal
+    handlers run on the loop that ``run`` is awaited in; nothing here is thread-safe.
+    Embeddable: ``Daemon(config, handle_signals=False)``, ``await daemon.run()``,
+    ``daemon.stop()``; ``ready`` is set once it takes work, ``http_port`` is the bound port.
+    """
+
     def __init__(self, config: Config, *, once: bool = False, handle_signals: bool = True) -> None:
         self.config = config
         self.once = once
