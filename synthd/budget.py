@@ -26,89 +26,27 @@ a minute's worth at once would earn a wall of 429s). On top of them:
   ``usage`` as debt or credit on the next reservation (aiolimiter cannot give
   capacity back).
 
-Time comes from the event loop (``loop.time()``), never the wall clock.
+The arithmetic (estimates, the cut, the recovery curve) is pure, in ``synthd.ratemath``;
+this module holds the state and the waiting. Time comes from the event loop
+(``loop.time()``), never the wall clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 
 import structlog
 from aiolimiter import AsyncLimiter
 
 from synthd.config import ProviderConfig
-from synthd.headers import RateHeaders as RateHeaders
-from synthd.headers import parse_duration as parse_duration
+from synthd.headers import RateHeaders
+from synthd.ratemath import Calibration, cut_rate, cycle_rate, is_windowed, recovery_rate
 
 log = structlog.get_logger("synthd.budget")
 
-_CUT = 0.7  # multiplicative decrease, of the rate actually sent
-_RECOVER = 0.9  # share of the pre-cut rate regained within ramp_s
-_PLATEAU_S = 10.0  # then back to the pre-cut rate over this long
-_DOUBLE_S = 20.0  # and beyond it, twice that rate this long after
-_WINDOW_PAUSE_S = 10.0  # a pause at least this long comes from a windowed limiter
 _SENT_WINDOW_S = 1.0  # sends measured over this long (less just after a pause)
 _RATE_STEP = 0.05  # rebuild the buckets when the rate moved by this share
-
-
-# -- pure arithmetic -------------------------------------------------------
-
-
-class Calibration:
-    """Characters per prompt token, learned from ``usage`` (an exponential average).
-
-    Starts at 4.0, OpenAI's rule of thumb for English; converges on what the
-    provider's own tokenizer counts for this kind of text.
-    """
-
-    __slots__ = ("chars_per_token",)
-
-    def __init__(self, chars_per_token: float = 4.0) -> None:
-        self.chars_per_token = chars_per_token
-
-    def estimate(self, chars: int) -> int:
-        return max(1, math.ceil(chars / self.chars_per_token))
-
-    def learn(self, chars: int, tokens: int) -> None:
-        if tokens > 0 and chars > 0:
-            self.chars_per_token += 0.05 * (chars / tokens - self.chars_per_token)
-
-
-def cut_rate(sent: float, floor: float) -> float:
-    """The rate after a 429: a share of what was sent, never below ``floor``."""
-    return max(floor, _CUT * sent)
-
-
-def recovery_rate(
-    cut: float, ceiling: float, target: float, since_s: float, ramp_s: float, pause_s: float
-) -> float:
-    """The rate allowed ``since_s`` after the pause that followed a cut from ``ceiling``.
-
-    Shaped like TCP CUBIC's window: linear from ``cut`` to 90% of ``ceiling`` over
-    ``ramp_s``; then the last 10% over ``_PLATEAU_S`` (the ceiling is where the last 429
-    came from: approach it gently); then beyond it ever faster, doubling after another
-    ``_DOUBLE_S`` (a 429 that came while little was sent says little about the limit).
-    After a long pause (a windowed limiter, which punishes an overshoot with a whole
-    window) time past the ramp runs slower. Never above ``target``.
-    """
-    back = max(cut, _RECOVER * ceiling)
-    if since_s <= 0:
-        return min(target, cut)
-    if ramp_s > 0 and since_s < ramp_s:
-        return min(target, cut + (back - cut) * since_s / ramp_s)
-    t = (since_s - max(ramp_s, 0.0)) * _WINDOW_PAUSE_S / max(pause_s, _WINDOW_PAUSE_S)
-    if t < _PLATEAU_S:
-        rate = back + (max(ceiling, back) - back) * t / _PLATEAU_S
-    else:
-        rate = max(ceiling, back) * (1.0 + ((t - _PLATEAU_S) / _DOUBLE_S) ** 3)
-    return min(target, rate)
-
-
-def token_estimate(prompt_tokens: int, max_tokens: int, samples: int) -> int:
-    """What a provider reserves for a request against its tokens-per-minute limit."""
-    return prompt_tokens + max_tokens * samples
 
 
 # -- the async budget --------------------------------------------------------
@@ -261,20 +199,20 @@ class Budget:
 
     def _cut_rates(self, now: float, pause: float) -> None:
         sent_rpm, sent_tpm = self._sent_rates(now)
-        if pause >= _WINDOW_PAUSE_S:
+        if is_windowed(pause):
             # A windowed limiter: what it allows is what we sent over the whole cycle,
             # the pause that now follows included.
             start = now if self._cycle_start is None else self._cycle_start
             span = now - start + pause
-            sent_rpm = 60.0 * self._cycle_requests / span / _CUT
-            sent_tpm = 60.0 * self._cycle_tokens / span / _CUT
+            sent_rpm = cycle_rate(self._cycle_requests, span)
+            sent_tpm = cycle_rate(self._cycle_tokens, span)
         if sent_rpm <= 0:  # nothing sent lately (a slow reply): cut from what is allowed
             sent_rpm, sent_tpm = self.rate_rpm, self.rate_tpm
         ceiling_rpm = min(self.rpm, max(sent_rpm, 1.0))
         ceiling_tpm = min(self.tpm, max(sent_tpm, 1.0))
         cut_rpm = cut_rate(ceiling_rpm, 1.0)
         cut_tpm = cut_rate(ceiling_tpm, 1.0)
-        if pause >= _WINDOW_PAUSE_S:
+        if is_windowed(pause):
             ceiling_rpm, ceiling_tpm = cut_rpm, cut_tpm  # probe up from it, slowly
         self._cut_at = now
         self._cut = (cut_rpm, cut_tpm)

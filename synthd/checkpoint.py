@@ -100,6 +100,15 @@ class JobCounts:
 
 
 class Checkpoint:
+    """The state database (``synthd.db``): owns the one SQLite connection and its lock.
+
+    Every method blocks, so the daemon calls them from threads: the writer's commit
+    thread (``transaction``, ``sync``), the feeder's claims and resumes (via
+    ``asyncio.to_thread``) and recovery at start-up. ``readonly=True`` opens it for
+    ``synthd status`` and dry-run beside a running daemon, creating nothing. Nothing
+    outside this module writes SQL against the file.
+    """
+
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
         if readonly:

@@ -31,6 +31,9 @@ State = Literal["up", "down"]
 
 @dataclass(slots=True)
 class Circuit:
+    """One provider's up/down verdict (see the module docstring); owned by its dispatcher,
+    called on the event loop, with the loop's time passed in."""
+
     trip_items: int = 5
     probe_first_s: float = 0.5
     probe_max_s: float = 10.0

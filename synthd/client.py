@@ -61,6 +61,13 @@ def make_client(cfg: ProviderConfig, api_key: str | None) -> Client:
 
 
 class HttpClient:
+    """The ``Client`` over one aiohttp session: owns the session and its connection pool.
+
+    ``start`` and ``close`` bracket its life; every call runs on the daemon's event loop,
+    from the provider's dispatcher (many senders at once share the session). Maps every
+    transport and HTTP failure to a ``synthd.errors`` provider error in ``complete``.
+    """
+
     def __init__(self, cfg: ProviderConfig, api_key: str | None) -> None:
         self.cfg = cfg
         self._headers = {"Content-Type": "application/json"}
@@ -215,7 +222,11 @@ def _choice(api: str, c: dict[str, Any]) -> Choice:
 
 
 class SdkClient:
-    """The same contract over ``openai.AsyncOpenAI`` (retries off: ours decide)."""
+    """The same contract over ``openai.AsyncOpenAI`` (retries off: ours decide).
+
+    ``openai`` is imported in the methods to save start-up time: it takes longer to import
+    than the whole daemon (``python -X importtime``), and only ``transport = "sdk"`` uses it.
+    """
 
     def __init__(self, cfg: ProviderConfig, api_key: str | None) -> None:
         self.cfg = cfg

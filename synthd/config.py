@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from synthd.errors import ConfigError
+from synthd.fingerprint import job_fingerprint
 from synthd.prompts import Template
 
 Api = Literal["chat", "completions"]
@@ -203,6 +204,21 @@ class Config:
         return os.environ.get(self.providers[provider].api_key_env) or None
 
 
+@dataclass(frozen=True, slots=True)
+class SystemdEnv:
+    """What a service manager passes a service (sd_notify(3)); all None outside one."""
+
+    notify_socket: str | None  # $NOTIFY_SOCKET: where status datagrams go
+    watchdog_usec: str | None  # $WATCHDOG_USEC: the watchdog interval, unparsed
+    watchdog_pid: str | None  # $WATCHDOG_PID: the process the watchdog is meant for
+
+
+def systemd_env() -> SystemdEnv:
+    """The manager's variables as they are now (``synthd.notify`` parses them)."""
+    env = os.environ
+    return SystemdEnv(env.get("NOTIFY_SOCKET"), env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID"))
+
+
 def crash_at() -> str | None:
     """The crash point a test armed (``SYNTHD_CRASH_AT``, see ``crashpoints``)."""
     return os.environ.get("SYNTHD_CRASH_AT") or None
@@ -317,8 +333,6 @@ def _resolve_job(file: str, name: str, cfg: JobConfig, providers: dict[str, Prov
             raise ConfigError(file, schema_key, f"not valid JSON: {e}") from e
     if cfg.filters.split == "turns" and len(cfg.filters.speakers) != 2:
         raise ConfigError(file, f"{key}.filters.speakers", "split = 'turns' needs two speakers")
-    from synthd.fingerprint import job_fingerprint
-
     fingerprint = job_fingerprint(cfg, template.text, system)
     return Job(name, cfg, template, system, fingerprint, schema)
 

@@ -37,6 +37,7 @@ from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source
 from synthd.pipeline import Dispatcher, JobRuntime
 from synthd.progress import ProgressLog
+from synthd.service import Watched, start_service
 from synthd.writer import Writer
 
 log = structlog.get_logger("synthd.daemon")
@@ -45,6 +46,16 @@ _FAILED_CLOSE_S = 5.0  # how long a failed daemon lets the writer finish its bat
 
 
 class Daemon:
+    """The service's lifecycle: owns every part and runs them on one event loop.
+
+    Builds the checkpoint, writer, feeder and, in ``run``, one dispatcher per provider,
+    one ``JobRuntime`` per job, the HTTP endpoint and the tickers; wires the writer's
+    callbacks to the job counters and the feeder. ``run``, ``stop`` and the signal
+    handlers run on the loop that ``run`` is awaited in; nothing here is thread-safe.
+    Embeddable: ``Daemon(config, handle_signals=False)``, ``await daemon.run()``,
+    ``daemon.stop()``; ``ready`` is set once it takes work, ``http_port`` is the bound port.
+    """
+
     def __init__(self, config: Config, *, once: bool = False, handle_signals: bool = True) -> None:
         self.config = config
         self.once = once
@@ -238,9 +249,17 @@ class Daemon:
         listen = self.config.service.listen
         if not listen:
             return None
-        from synthd.service import start_service
-
-        return await start_service(self, listen)
+        watched = Watched(
+            jobs={name: rt.stats for name, rt in self.jobs.items()},
+            providers=self.provider_stats,
+            providers_used=frozenset(rt.job.config.provider for rt in self.jobs.values()),
+            loop_lag=self.loop_lag,
+            started=self.started,
+            failure=lambda: self.failure,
+            output_blocked=lambda: self.writer.blocked,
+        )
+        runner, self.http_port = await start_service(watched, listen)
+        return runner
 
     async def _reload(self) -> None:
         """Re-read config and templates; jobs keep running, in flight work is kept."""

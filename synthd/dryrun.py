@@ -33,7 +33,6 @@ import structlog
 
 from synthd import items as items_mod
 from synthd import request, spool
-from synthd.budget import Calibration  # pure, though its module is the async budget
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.config import Config, Job, Price
 from synthd.cost import price_usd
@@ -41,6 +40,7 @@ from synthd.errors import ConfigError, InputError
 from synthd.fingerprint import sampling_params
 from synthd.models import BadLine, Source, WorkItem
 from synthd.prompts import ENDPOINTS
+from synthd.ratemath import Calibration
 
 log = structlog.get_logger("synthd.dryrun")
 

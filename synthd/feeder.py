@@ -243,7 +243,9 @@ class Feeder:
         except (InputError, OSError) as e:
             await self._fail_source(name, src, e)
             return
-        progress = self.writer.track(src, done_after)
+        self.writer.track(src, done_after)
+        # What was done before a restart; what this run finishes was read before the cursor.
+        done_before = frozenset(done_after)
         total = src.resume_seq
         self.outstanding += 1  # hold the source open while its items are read
         try:
@@ -258,7 +260,7 @@ class Feeder:
                         nbytes = thing.end - last_end
                         rt.stats.bytes_read += nbytes
                         last_end = thing.end
-                        if thing.seq < progress.seq or thing.seq in progress.done:
+                        if thing.seq < src.resume_seq or thing.seq in done_before:
                             continue  # finished before a restart
                         await self._admit_one(rt, provider, thing, nbytes)
                         if self._stop.is_set():

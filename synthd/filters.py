@@ -145,6 +145,8 @@ def _unfence(text: str) -> str:
 
 
 def _schema_validator(schema: dict[str, Any]) -> Callable[[Any], str | None]:
+    # Deferred to save start-up time: jsonschema costs about a third of the daemon's whole
+    # import time (python -X importtime), and only jobs with a json_schema need it.
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)

@@ -1,17 +1,41 @@
-"""A job's fingerprint: what, if changed, would produce different records."""
+"""A job's fingerprint: what, if changed, would produce different records.
+
+Pure, and below ``config`` in the import graph: it reads a job's settings through the
+``Sampling`` protocol, which ``config.JobConfig`` satisfies, so ``config`` can compute the
+fingerprint while it builds a ``Job``.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import orjson
 
-if TYPE_CHECKING:
-    from synthd.config import JobConfig
+
+class Sampling(Protocol):
+    """The settings of a job that shape a request (``config.JobConfig`` has them all)."""
+
+    @property
+    def api(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_p(self) -> float | None: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def stop(self) -> tuple[str, ...]: ...
+    @property
+    def extra(self) -> Mapping[str, Any]: ...
 
 
-def job_fingerprint(cfg: JobConfig, template: str, system: str | None) -> str:
+def job_fingerprint(cfg: Sampling, template: str, system: str | None) -> str:
     """A short stable hash of the template, system prompt, model and parameters.
 
     Filters and output settings are left out on purpose: they decide which
@@ -28,7 +52,7 @@ def job_fingerprint(cfg: JobConfig, template: str, system: str | None) -> str:
     return digest.hexdigest()
 
 
-def sampling_params(cfg: JobConfig) -> dict[str, Any]:
+def sampling_params(cfg: Sampling) -> dict[str, Any]:
     """The request parameters as the API names them."""
     params: dict[str, Any] = {
         "temperature": cfg.temperature,

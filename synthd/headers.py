@@ -27,6 +27,7 @@ report, the tightest wins. Unknown forms yield None and the budget falls back on
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,8 +89,6 @@ class RateHeaders:
 
     @classmethod
     def parse(cls, headers: Mapping[str, str], now_unix: float | None = None) -> RateHeaders | None:
-        import time
-
         return parse_rate_headers(headers, time.time() if now_unix is None else now_unix)
 
 

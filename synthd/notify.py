@@ -6,6 +6,9 @@ interval in ``$WATCHDOG_USEC``. Outside systemd (a terminal, a container, a test
 variable is set and every call here is a cheap no-op, so the daemon calls these
 unconditionally.
 
+The variables are read by ``synthd.config`` (the only module that reads the environment),
+at each call unless the caller passes a ``SystemdEnv``.
+
 Nothing here raises because the manager is absent or unreachable, and nothing blocks: a
 status message is a hint, and must never stall the event loop or kill the daemon.
 """
@@ -15,10 +18,12 @@ from __future__ import annotations
 import os
 import socket
 
+from synthd.config import SystemdEnv, systemd_env
+
 __all__ = ["notify", "watchdog_interval_s"]
 
 
-def notify(message: str) -> bool:
+def notify(message: str, env: SystemdEnv | None = None) -> bool:
     """Send one datagram, e.g. ``"READY=1"`` or ``"STATUS=42 items in flight"``, to the manager.
 
     Several assignments may share one message, separated by newlines. The text goes out
@@ -30,7 +35,7 @@ def notify(message: str) -> bool:
     absolute path or ``@name``), or the socket is missing, refuses, or is full. The socket is
     non-blocking, so the call never waits on the manager; it is safe on the event loop.
     """
-    address = _notify_address()
+    address = _notify_address((env or systemd_env()).notify_socket)
     if address is None:
         return False
     payload = message.encode("utf-8", "backslashreplace")
@@ -45,7 +50,7 @@ def notify(message: str) -> bool:
     return True
 
 
-def watchdog_interval_s() -> float | None:
+def watchdog_interval_s(env: SystemdEnv | None = None) -> float | None:
     """The watchdog interval the manager expects pings within, in seconds, or None.
 
     Read from ``$WATCHDOG_USEC``. None when it is unset, not a positive integer, or when
@@ -53,17 +58,17 @@ def watchdog_interval_s() -> float | None:
     from a parent and are not meant for us). Callers should send ``"WATCHDOG=1"`` at half
     this interval, as sd_watchdog_enabled(3) advises.
     """
-    usec = _positive_int(os.environ.get("WATCHDOG_USEC"))
+    env = env or systemd_env()
+    usec = _positive_int(env.watchdog_usec)
     if usec is None:
         return None
-    pid_text = os.environ.get("WATCHDOG_PID")
+    pid_text = env.watchdog_pid
     if pid_text is not None and _positive_int(pid_text) != os.getpid():
         return None
     return usec / 1_000_000
 
 
-def _notify_address() -> str | None:
-    path = os.environ.get("NOTIFY_SOCKET")
+def _notify_address(path: str | None) -> str | None:
     if not path:
         return None
     if path.startswith("@"):

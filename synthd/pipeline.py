@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from synthd import records, request
-from synthd.budget import Budget, token_estimate
+from synthd.budget import Budget
 from synthd.circuit import Circuit
 from synthd.client import Client
 from synthd.config import Job, ProviderConfig
@@ -42,6 +42,7 @@ from synthd.fingerprint import sampling_params
 from synthd.logs import redact
 from synthd.metrics import JobStats, ProviderStats
 from synthd.models import BadLine, Outcome, Rejection, WorkItem
+from synthd.ratemath import token_estimate
 from synthd.retry import capped_wait_s, retry_delay_s
 from synthd.writer import Writer
 
@@ -424,8 +425,6 @@ def _provider_down_sign(e: ProviderError) -> bool:
 
 def _with_estimated_usage(a: Attempt, reply: Any, budget: Budget) -> Any:
     """A reply without ``usage``: estimate it so records and costs stay complete."""
-    from dataclasses import replace
-
     completion = sum(budget.calibration.estimate(len(c.text or "")) for c in reply.choices)
     prompt = budget.calibration.estimate(a.prompt_chars)
     return replace(reply, prompt_tokens=prompt, completion_tokens=completion)

@@ -37,7 +37,10 @@ def eta_s(remaining_items: float, items_per_s: float) -> float | None:
 
 
 class ProgressLog:
-    """Logs one line per job; rates are measured between two calls."""
+    """Logs one line per job; rates are measured between two calls.
+
+    Owned by the daemon and called on its loop; it only reads the jobs' counters.
+    """
 
     def __init__(self) -> None:
         self._last: tuple[float, dict[str, int]] | None = None

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from synthd import jsonbytes
-from synthd.budget import token_estimate  # pure, though its module is the async budget
 from synthd.errors import TemplateError
 from synthd.prompts import request_body
+from synthd.ratemath import token_estimate
 
 if TYPE_CHECKING:
-    from synthd.budget import Calibration
     from synthd.config import Job
     from synthd.models import WorkItem
+    from synthd.ratemath import Calibration
 
 TRUNCATION_MARKER = "\n[... truncated ...]"
 

@@ -7,54 +7,65 @@ its ``ready`` field (and ``/readyz``, 503 until then) says whether every
 provider has answered at least once and none is in an outage. ``/healthz`` stays
 200 through an outage (a restart does not fix a provider); its ``providers``
 field says which is down.
+
+The endpoint sees the daemon only through ``Watched``: the figures it shows and two
+callables for the daemon's state, read at each request on the daemon's event loop. It writes
+nothing back; ``start_service`` returns the bound port.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from synthd.config import parse_listen
-from synthd.looplag import LagCollector
-from synthd.metrics import StatsCollector
-
-if TYPE_CHECKING:
-    from synthd.daemon import Daemon
+from synthd.looplag import LagCollector, LoopLag
+from synthd.metrics import JobStats, ProviderStats, StatsCollector
 
 
-async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """What the endpoint shows of a daemon; the daemon's own objects, never copies."""
+
+    jobs: dict[str, JobStats]
+    providers: dict[str, ProviderStats]
+    providers_used: frozenset[str]  # by some job: only these decide readiness
+    loop_lag: LoopLag
+    started: float  # wall-clock start, for uptime_s
+    failure: Callable[[], tuple[str, str] | None]  # (task, error) that stopped the daemon
+    output_blocked: Callable[[], str | None]  # why the writer cannot write, if it cannot
+
+
+async def start_service(watched: Watched, listen: str) -> tuple[web.AppRunner, int]:
+    """Serve the endpoint on ``listen``; returns the runner (to clean up) and the bound port."""
     registry = CollectorRegistry()
-    registry.register(
-        StatsCollector({n: rt.stats for n, rt in daemon.jobs.items()}, daemon.provider_stats)
-    )
-    registry.register(LagCollector(daemon.loop_lag))
+    registry.register(StatsCollector(watched.jobs, watched.providers))
+    registry.register(LagCollector(watched.loop_lag))
 
-    used = {rt.job.config.provider for rt in daemon.jobs.values()}
+    used = watched.providers_used
+    stats: Mapping[str, ProviderStats] = watched.providers
 
     def ready() -> bool:
-        return all(
-            daemon.provider_stats[name].answered and daemon.provider_stats[name].up for name in used
-        )
+        return all(stats[name].answered and stats[name].up for name in used)
 
     def providers() -> dict[str, dict[str, object]]:
         return {
-            name: {"up": p.up, "outages": p.outages}
-            for name, p in daemon.provider_stats.items()
-            if name in used
+            name: {"up": p.up, "outages": p.outages} for name, p in stats.items() if name in used
         }
 
     async def healthz(_: web.Request) -> web.Response:
-        failure = daemon.failure
+        failure = watched.failure()
         return web.json_response(
             {
                 "status": "ok" if failure is None else "failing",
                 "ready": ready(),
-                "uptime_s": round(time.time() - daemon.started, 1),
-                "output_blocked": daemon.writer.blocked,
+                "uptime_s": round(time.time() - watched.started, 1),
+                "output_blocked": watched.output_blocked(),
                 "failure": None if failure is None else {"task": failure[0], "error": failure[1]},
                 "providers": providers(),
             },
@@ -82,5 +93,4 @@ async def start_service(daemon: Daemon, listen: str) -> web.AppRunner:
     host, port = parse_listen(listen)
     site = web.TCPSite(runner, host, port)
     await site.start()
-    daemon.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner
+    return runner, runner.addresses[0][1]

@@ -41,6 +41,7 @@ from synthd.checkpoint import Checkpoint, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
 from synthd.models import Outcome, Source
+from synthd.records import digest
 from synthd.shards import ShardStream, Tail
 
 log = structlog.get_logger("synthd.writer")
@@ -100,6 +101,23 @@ class SourceEnd:
 
 
 class Writer:
+    """The only code that appends to shards and commits outcomes to the checkpoint.
+
+    Owns the shard streams (``streams``), the batch waiting to commit and each tracked
+    source's ``Progress`` (``progress``: its resume point). The loop side (``track``,
+    ``untrack``, ``submit``, ``run``, ``close``) runs on the daemon's event loop; each batch's
+    ``_commit`` and the rotations run in one worker thread at a time, which alone appends,
+    fsyncs and commits. The two sides share ``progress`` under one invariant: the loop adds
+    a source's entry before the first of its items is submitted and drops it only for a
+    failed source, and the thread only reads and updates the entries of the sources in its
+    batch (a dropped one is skipped); each dict operation is atomic under the GIL. Nobody
+    else reads a ``Progress``: the feeder skips what was done before a restart from what
+    it passed to ``track``.
+
+    ``on_committed`` and ``on_source_done`` are called on the loop after each commit, in
+    that order; ``recover`` is blocking and runs once in a thread before any work is read.
+    """
+
     def __init__(
         self,
         config: Config,
@@ -452,8 +470,6 @@ def _complete(lines: list[tuple[str, dict[str, Any], bytes]]) -> bool:
 def _outcome_from_lines(
     source_id: int, job: str, seq: int, lines: list[tuple[str, dict[str, Any], bytes]]
 ) -> Outcome:
-    from synthd.records import digest
-
     kinds = {kind for kind, _, _ in lines}
     first = lines[0][1]
     src = Source(source_id, job, first["source"]["claim"], first["source"].get("file", ""), "", "")

@@ -13,16 +13,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from synthd.budget import (
-    Budget,
-    Calibration,
-    RateHeaders,
-    cut_rate,
-    parse_duration,
-    recovery_rate,
-    token_estimate,
-)
+from synthd.budget import Budget
 from synthd.config import ProviderConfig
+from synthd.headers import RateHeaders, parse_duration
+from synthd.ratemath import Calibration, cut_rate, recovery_rate, token_estimate
 
 # -- parse_duration -----------------------------------------------------------------
 
