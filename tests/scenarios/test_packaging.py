@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from synthd.notify import notify, watchdog_interval_s
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "synthd.service"
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"

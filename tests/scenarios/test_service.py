@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from synthd import config
 from synthd.daemon import Daemon
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, sim_process
+from tests.helpers import Workdir, sim_process
 
 # A prompt of its own: the project's prompts change; the sim answers "question" prompts
 # with question lists, a few of them too short for min_items.

@@ -16,7 +16,7 @@ from synthd import cli, config, status
 from synthd.checkpoint import Checkpoint
 from synthd.daemon import Daemon
 from synthd.models import Outcome, Source
-from tests.conftest import Workdir
+from tests.helpers import Workdir
 
 
 def write_config(work: Workdir, base_url: str = "http://127.0.0.1:9/v1", **service: Any) -> Path:

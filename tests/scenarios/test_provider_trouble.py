@@ -23,8 +23,14 @@ from synthd.errors import QuotaExhausted, RateLimited, Rejected
 from synthd.retry import capped_wait_s
 from synthd.sim import SimConfig, running_sim
 from synthd.status import parse_live
-from tests.conftest import Workdir, write_provider_config
-from tests.test_ratelimit import budget_of, job, run_once, spool_items
+from tests.helpers import (
+    Workdir,
+    budget_of,
+    jsonl_job,
+    run_once_timed,
+    spool_items,
+    write_provider_config,
+)
 
 
 async def test_429s_never_use_up_attempts(work: Workdir) -> None:
@@ -34,10 +40,10 @@ async def test_429s_never_use_up_attempts(work: Workdir) -> None:
     items = 12
     async with running_sim(SimConfig(port=0, rpm=120)) as sim:
         write_provider_config(
-            work, sim.base_url, job(), rpm=6000, adapt_to_headers=False, max_attempts=1
+            work, sim.base_url, jsonl_job(), rpm=6000, adapt_to_headers=False, max_attempts=1
         )
         spool_items(work, items)
-        await run_once(work)
+        await run_once_timed(work)
         stats = sim.stats()
     assert stats["rate_limited"] > 0, "the test needs 429s"
     dead = work.lines("q", "dead")
@@ -48,9 +54,9 @@ async def test_429s_never_use_up_attempts(work: Workdir) -> None:
 async def test_failed_attempts_give_their_tokens_back(work: Workdir) -> None:
     items = 40
     async with running_sim(SimConfig(port=0, p_500=0.3, fault_seed=3)) as sim:
-        write_provider_config(work, sim.base_url, job(), max_attempts=20)
+        write_provider_config(work, sim.base_url, jsonl_job(), max_attempts=20)
         spool_items(work, items)
-        daemon, _ = await run_once(work)
+        daemon, _ = await run_once_timed(work)
         stats = sim.stats()
     failed = stats["by_status"]["500"]
     assert failed > 0, "the test needs failures"
@@ -129,10 +135,10 @@ async def test_an_outage_dead_letters_nothing(work: Workdir, kind: str) -> None:
     items = 30
     outage = SimConfig(port=0, outage_at_s=0, outage_s=2, outage_kind=kind)  # type: ignore[arg-type]
     async with running_sim(outage) as sim:
-        write_provider_config(work, sim.base_url, job(), max_attempts=1, max_in_flight=8)
+        write_provider_config(work, sim.base_url, jsonl_job(), max_attempts=1, max_in_flight=8)
         spool_items(work, items)
         with capture_logs() as logs:
-            daemon, _ = await run_once(work)
+            daemon, _ = await run_once_timed(work)
     dead = work.lines("q", "dead")
     assert not dead, [(d["kind"], d["error"]) for d in dead]
     assert len(work.lines("q")) == items
@@ -147,10 +153,10 @@ async def test_one_failing_item_among_successes_is_that_items_failure(work: Work
     # attempts is dead-lettered as before.
     items = 60
     async with running_sim(SimConfig(port=0, p_500=0.1, fault_seed=5)) as sim:
-        write_provider_config(work, sim.base_url, job(), max_attempts=1, max_in_flight=4)
+        write_provider_config(work, sim.base_url, jsonl_job(), max_attempts=1, max_in_flight=4)
         spool_items(work, items)
         with capture_logs() as logs:
-            await run_once(work)
+            await run_once_timed(work)
     dead = work.lines("q", "dead")
     assert dead and {d["kind"] for d in dead} == {"attempts_exhausted"}
     assert len(work.lines("q")) + len(dead) == items
@@ -160,7 +166,7 @@ async def test_one_failing_item_among_successes_is_that_items_failure(work: Work
 async def test_an_outage_shows_in_readyz_healthz_and_metrics(work: Workdir) -> None:
     async with running_sim(SimConfig(port=0, outage_at_s=0, outage_s=3)) as sim:
         write_provider_config(
-            work, sim.base_url, job(), service='listen = "127.0.0.1:0"', max_in_flight=8
+            work, sim.base_url, jsonl_job(), service='listen = "127.0.0.1:0"', max_in_flight=8
         )
         spool_items(work, 20)
         cfg = config.load(work.path / "config" / "synthd.toml")
@@ -202,9 +208,9 @@ async def test_a_concurrency_limit_without_headers_is_paced_by_429s_without_a_st
     # headers, no retry-after. The daemon believes in 32 at a time.
     items = 60
     async with running_sim(SimConfig(port=0, max_concurrent=4, latency_ms=50)) as sim:
-        write_provider_config(work, sim.base_url, job(), max_in_flight=32, max_attempts=1)
+        write_provider_config(work, sim.base_url, jsonl_job(), max_in_flight=32, max_attempts=1)
         spool_items(work, items)
-        await run_once(work)
+        await run_once_timed(work)
         stats = sim.stats()
     assert len(work.lines("q")) == items and not work.lines("q", "dead")
     # A storm would be a 429 for nearly every send at 32 in flight; paced by the 429s'
@@ -228,10 +234,10 @@ async def test_a_day_long_retry_after_is_honoured_only_up_to_the_cap(work: Workd
     )  # 3 a second
     async with running_sim(sim_cfg) as sim:
         write_provider_config(
-            work, sim.base_url, job(), adapt_to_headers=False, retry_after_max_s=0.3
+            work, sim.base_url, jsonl_job(), adapt_to_headers=False, retry_after_max_s=0.3
         )
         spool_items(work, items)
-        _, elapsed = await run_once(work)
+        _, elapsed = await run_once_timed(work)
         stats = sim.stats()
     assert stats["rate_limited"] > 0, "the test needs 429s"
     assert len(work.lines("q")) == items and not work.lines("q", "dead")
