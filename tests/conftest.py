@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from synthd import spool
 from tests.helpers import Workdir, sim_process, simple_job, write_provider_config
 
 # Re-exported: tests written before helpers.py import these from here.
@@ -25,3 +26,11 @@ def _fresh_structlog() -> Iterator[None]:
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workdir]:
     monkeypatch.chdir(tmp_path)
     yield Workdir(tmp_path)
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    """One job's spool folder with its layout (.work/, done/, failed/) made."""
+    d = tmp_path / "spool" / "q"
+    spool.ensure_layout(d)
+    return d

@@ -289,3 +289,17 @@ async def post(
     headers = {"Authorization": f"Bearer {key}"}
     async with session.post(sim.base_url + CHAT, json=body, headers=headers) as resp:
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.json()
+
+
+# -- a spool folder --------------------------------------------------------------------------
+
+SECOND = 1_000_000_000
+
+
+def drop(job_dir: Path, name: str, data: bytes = b"hello\n", mtime_s: int | None = None) -> Path:
+    """A file dropped into a spool folder, with its mtime set to ``mtime_s`` if given."""
+    path = job_dir / name
+    path.write_bytes(data)
+    if mtime_s is not None:
+        os.utime(path, ns=(mtime_s * SECOND, mtime_s * SECOND))
+    return path

@@ -7,7 +7,6 @@ The daemon runs in-process against the simulator over real sockets (as in test_r
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -16,11 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from synthd import config, status
-from synthd.circuit import Circuit
-from synthd.client import status_error
 from synthd.daemon import Daemon
-from synthd.errors import QuotaExhausted, RateLimited, Rejected
-from synthd.retry import capped_wait_s
 from synthd.sim import SimConfig, running_sim
 from synthd.status import parse_live
 from tests.helpers import (
@@ -66,54 +61,7 @@ async def test_failed_attempts_give_their_tokens_back(work: Workdir) -> None:
     assert len(work.lines("q")) == items
 
 
-@pytest.mark.parametrize(
-    ("hint", "expected"),
-    [
-        (None, None),
-        (2.5, 2.5),
-        (86400.0, 120.0),
-        (math.inf, 120.0),
-        (math.nan, 120.0),
-        (-3.0, 0.0),
-    ],
-)
-def test_a_providers_wait_is_capped(hint: float | None, expected: float | None) -> None:
-    assert capped_wait_s(hint, 120.0) == expected
-
-
-def test_a_429_is_throttling_unless_the_quota_is_used_up() -> None:
-    too_many = b'{"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}'
-    quota = b'{"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}'  # noqa: E501
-    too_large = b'{"error": {"message": "Request too large for m on tokens per min (TPM)"}}'
-    assert isinstance(status_error(429, too_many, {"retry-after": "2"}), RateLimited)
-    assert isinstance(status_error(429, quota, {}), QuotaExhausted)
-    assert isinstance(status_error(429, too_large, {}), Rejected)
-
-
 # -- the provider circuit ------------------------------------------------------------
-
-
-def test_the_circuit_trips_on_different_items_failing_with_no_success_between() -> None:
-    c = Circuit(trip_items=3)
-    assert not c.failed("a", 1.0) and not c.failed("a", 1.1)  # one item, however often
-    assert not c.failed("b", 1.2)
-    c.answered(1.3)  # a success clears the count
-    assert not c.failed("c", 1.4) and not c.failed("d", 1.5)
-    assert c.failed("e", 1.6) and c.state == "down" and c.since == 1.6
-    assert not c.failed("f", 1.7)  # already down: no second trip
-    assert c.answered(9.0) and c.up
-    assert not c.answered(9.1)  # logged once
-
-
-def test_probes_back_off_to_ten_seconds_and_only_probes_count() -> None:
-    c = Circuit(trip_items=1, probe_first_s=0.5, probe_max_s=10.0)
-    c.failed("a", 0.0)
-    delays = [c.probe_delay_s()]
-    c.failed("straggler", 0.1)  # sent before the outage: does not slow the probing
-    for _ in range(6):
-        c.failed("p", 1.0, probe=True)
-        delays.append(c.probe_delay_s())
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
 
 
 def watch_events(*names: str) -> tuple[dict[str, asyncio.Event], Any]:
@@ -216,14 +164,6 @@ async def test_a_concurrency_limit_without_headers_is_paced_by_429s_without_a_st
     # A storm would be a 429 for nearly every send at 32 in flight; paced by the 429s'
     # pauses and cuts, one for every few items (12 for 60 when this was written).
     assert stats["rate_limited"] <= items // 2, stats["by_status"]
-
-
-def test_a_stragglers_answer_does_not_end_an_outage() -> None:
-    c = Circuit(trip_items=1)
-    c.failed("a", 10.0)
-    assert not c.answered(10.2, sent_at=9.9)  # sent before the outage began
-    assert c.state == "down"
-    assert c.answered(12.0, sent_at=11.5)
 
 
 async def test_a_day_long_retry_after_is_honoured_only_up_to_the_cap(work: Workdir) -> None:
