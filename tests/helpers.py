@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,8 +25,16 @@ import orjson
 
 from synthd import config
 from synthd.budget import Budget
+from synthd.checkpoint import Checkpoint
+from synthd.client import make_client
+from synthd.config import Config
 from synthd.daemon import Daemon
+from synthd.filters import FilterChain
+from synthd.metrics import ProviderStats
+from synthd.models import Outcome
+from synthd.pipeline import Dispatcher, JobRuntime
 from synthd.sim import RunningSim
+from synthd.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
 """The checkout: prompts/, config/, examples/, deploy/."""
@@ -303,3 +312,37 @@ def drop(job_dir: Path, name: str, data: bytes = b"hello\n", mtime_s: int | None
     if mtime_s is not None:
         os.utime(path, ns=(mtime_s * SECOND, mtime_s * SECOND))
     return path
+
+
+# -- the daemon's parts, assembled by hand -----------------------------------------------------
+
+
+@dataclass
+class Parts:
+    """One provider's dispatcher (not started), a writer (not running) on a fresh checkpoint,
+    and each job's runtime, wired as the daemon wires them; ``committed`` collects what the
+    writer made durable."""
+
+    cfg: Config
+    cp: Checkpoint
+    writer: Writer
+    dispatcher: Dispatcher
+    jobs: dict[str, JobRuntime]
+    committed: list[Outcome]
+
+
+def assemble(work: Workdir, path: Path) -> Parts:
+    """The parts for the config at ``path``, with provider "default"; close ``cp`` after."""
+    cfg = config.load(path)
+    cp = Checkpoint(work.path / "state" / "synthd.db")
+    committed: list[Outcome] = []
+    writer = Writer(cfg, cp, committed.extend, lambda src, done: None)
+    provider = cfg.providers["default"]
+    dispatcher = Dispatcher(
+        "default", provider, make_client(provider, None), writer, ProviderStats()
+    )
+    jobs = {
+        name: JobRuntime(job, FilterChain(job.config.filters, job.schema), dispatcher)
+        for name, job in cfg.jobs.items()
+    }
+    return Parts(cfg, cp, writer, dispatcher, jobs, committed)

@@ -12,61 +12,56 @@ from pathlib import Path
 import orjson
 import pytest
 
-from synthd import config
 from synthd.budget import token_estimate
-from synthd.checkpoint import Checkpoint
-from synthd.client import make_client
-from synthd.config import Config
-from synthd.filters import FilterChain
-from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source, WorkItem
 from synthd.pipeline import TRUNCATION_MARKER, Attempt, Dispatcher, JobRuntime, prepare
 from synthd.sim import SimConfig, running_sim
 from synthd.writer import SourceEnd, Writer
-from tests.helpers import Workdir, simple_job, write_provider_config
+from tests.helpers import Parts, Workdir, assemble, simple_job, write_provider_config
 
 NOWHERE = "http://127.0.0.1:9/v1"  # prepare() sends nothing: no server is needed
 
 
 @dataclass
 class Line:
-    """The pipeline of one provider and job "q", with a claimed file to take items from."""
+    """The parts of provider "default" and job "q", with a claimed file to take items from."""
 
-    cfg: Config
-    cp: Checkpoint
-    writer: Writer
-    dispatcher: Dispatcher
+    parts: Parts
     rt: JobRuntime
     src: Source
-    committed: list[Outcome]
+
+    @property
+    def writer(self) -> Writer:
+        return self.parts.writer
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.parts.dispatcher
+
+    @property
+    def committed(self) -> list[Outcome]:
+        return self.parts.committed
 
 
 @pytest.fixture
 async def line_of(work: Workdir) -> AsyncIterator[object]:
-    """Builds a ``Line`` from a config's text once the test knows its server's URL."""
+    """Builds a ``Line`` from a config once the test knows its server's URL."""
     made: list[Line] = []
 
     def build(path: Path) -> Line:
-        cfg = config.load(path)
-        cp = Checkpoint(work.path / "state" / "synthd.db")
-        committed: list[Outcome] = []
-        writer = Writer(cfg, cp, committed.extend, lambda src, path: None)
-        provider = cfg.providers["default"]
-        client = make_client(provider, None)
-        dispatcher = Dispatcher("default", provider, client, writer, ProviderStats())
-        job = cfg.jobs["q"]
-        rt = JobRuntime(job, FilterChain(job.config.filters, job.schema), dispatcher)
+        parts = assemble(work, path)
         claim = f"c0ffee{len(made):02d}"
         claimed = work.spool("q") / ".work" / f"{claim}-in.txt"
         claimed.parent.mkdir(parents=True, exist_ok=True)
         claimed.write_text("".join(f"topic {i}\n" for i in range(100)))
-        src = cp.add_source("q", claim, "in.txt", str(claimed), job.fingerprint)
-        made.append(Line(cfg, cp, writer, dispatcher, rt, src, committed))
+        rt = parts.jobs["q"]
+        src = parts.cp.add_source("q", claim, "in.txt", str(claimed), rt.job.fingerprint)
+        made.append(Line(parts, rt, src))
         return made[-1]
 
     yield build
     for line in made:
-        line.cp.close()
+        line.parts.cp.close()
 
 
 def item(src: Source, seq: int, **fields: str) -> WorkItem:
