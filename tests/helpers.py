@@ -120,18 +120,21 @@ def _table(keys: dict[str, Any]) -> str:
     return "\n".join(f"{k} = {_toml_value(v)}" for k, v in keys.items())
 
 
+# Quick scans, no HTTP endpoint, no settling: each left out where the test sets that key.
+_SERVICE_DEFAULTS: dict[str, Any] = {"listen": "", "settle_s": 0, "scan_interval_s": 0.1}
+
+
 def _write(work: Workdir, provider: str, service: str, jobs: str) -> Path:
-    """config/synthd.toml for tests: quick scans, no HTTP endpoint (unless ``service`` sets
-    ``listen``), no settling."""
-    listen = "" if "listen" in service else 'listen = ""'
+    """config/synthd.toml for tests: [provider], [service] with the test defaults under
+    ``service``'s own keys, then the jobs (and any other tables)."""
+    given = {line.split("=")[0].strip() for line in service.splitlines() if "=" in line}
+    defaults = {k: v for k, v in _SERVICE_DEFAULTS.items() if k not in given}
     text = f"""
 [provider]
 {provider}
 
 [service]
-{listen}
-settle_s = 0
-scan_interval_s = 0.1
+{_table(defaults)}
 {service}
 
 {jobs}
@@ -150,14 +153,22 @@ def _toml_value(value: Any) -> str:
 
 
 def write_provider_config(
-    work: Workdir, base_url: str, jobs: str, service: str = "", **provider: Any
+    work: Workdir,
+    base_url: str,
+    jobs: str,
+    service: str = "",
+    *,
+    service_keys: dict[str, Any] | None = None,
+    **provider: Any,
 ) -> Path:
     """``Workdir.write_config`` with any [provider] key set (``tpm=...``, ``max_attempts=...``).
 
     The keys ``write_config`` fixes (tpm, request_timeout_s, backoff ...) can be overridden
-    here, since TOML refuses a key given twice.
+    here, since TOML refuses a key given twice; so can the [service] defaults, by a line in
+    ``service`` or a key in ``service_keys`` (plain values: ``{"listen": "127.0.0.1:0"}``).
     """
     keys = {"base_url": base_url, **_PROVIDER_DEFAULTS, **provider}
+    service = _table(service_keys or {}) + "\n" + service
     return _write(work, _table(keys), service, jobs)
 
 
