@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOB    ?= questions
 
-.PHONY: demo test lint typecheck unit entrypoint install clean
+.PHONY: demo test lint typecheck suite unit scenarios simtests entrypoint install clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py --job $(JOB)
 
-test: $(STAMP) lint typecheck unit entrypoint
+test: $(STAMP) lint typecheck suite entrypoint
 
 lint: $(STAMP)
 	$(BIN)/ruff check synthd tests bench examples
@@ -27,8 +27,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The whole suite; or one folder of it: tests/unit (a file per module), tests/scenarios (the
+# daemon end to end: subprocesses, signals, crashes), tests/sim (the simulator).
+suite: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+scenarios: $(STAMP)
+	$(BIN)/python -m pytest -q tests/scenarios
+
+simtests: $(STAMP)
+	$(BIN)/python -m pytest -q tests/sim
 
 # The container's entrypoint (synthd --help) from a wheel in a clean venv: a missing
 # dependency in pyproject.toml shows here, not in production.

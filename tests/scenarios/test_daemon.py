@@ -12,17 +12,8 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from synthd import config
-from synthd.daemon import Daemon
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, sim_process, simple_job
-
-
-async def run_once(work: Workdir) -> Daemon:
-    cfg = config.load(work.path / "config" / "synthd.toml")
-    daemon = Daemon(cfg, once=True, handle_signals=False)
-    assert await daemon.run() == 0
-    return daemon
+from tests.helpers import Workdir, run_once, sim_process, simple_job
 
 
 async def test_ten_thousand_items_each_recorded_once(work: Workdir) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Workdir, sim_process, simple_job, write_provider_config
+from tests.helpers import Workdir, sim_process, simple_job, write_provider_config
 
 WRITER_POINTS = [
     "shard_appended",

@@ -7,7 +7,6 @@ The daemon runs in-process against the simulator over real sockets (as in test_r
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -16,15 +15,17 @@ import pytest
 from structlog.testing import capture_logs
 
 from synthd import config, status
-from synthd.circuit import Circuit
-from synthd.client import status_error
 from synthd.daemon import Daemon
-from synthd.errors import QuotaExhausted, RateLimited, Rejected
-from synthd.retry import capped_wait_s
 from synthd.sim import SimConfig, running_sim
 from synthd.status import parse_live
-from tests.conftest import Workdir, write_provider_config
-from tests.test_ratelimit import budget_of, job, run_once, spool_items
+from tests.helpers import (
+    Workdir,
+    budget_of,
+    jsonl_job,
+    run_once_timed,
+    spool_items,
+    write_provider_config,
+)
 
 
 async def test_429s_never_use_up_attempts(work: Workdir) -> None:
@@ -34,10 +35,10 @@ async def test_429s_never_use_up_attempts(work: Workdir) -> None:
     items = 12
     async with running_sim(SimConfig(port=0, rpm=120)) as sim:
         write_provider_config(
-            work, sim.base_url, job(), rpm=6000, adapt_to_headers=False, max_attempts=1
+            work, sim.base_url, jsonl_job(), rpm=6000, adapt_to_headers=False, max_attempts=1
         )
         spool_items(work, items)
-        await run_once(work)
+        await run_once_timed(work)
         stats = sim.stats()
     assert stats["rate_limited"] > 0, "the test needs 429s"
     dead = work.lines("q", "dead")
@@ -48,9 +49,9 @@ async def test_429s_never_use_up_attempts(work: Workdir) -> None:
 async def test_failed_attempts_give_their_tokens_back(work: Workdir) -> None:
     items = 40
     async with running_sim(SimConfig(port=0, p_500=0.3, fault_seed=3)) as sim:
-        write_provider_config(work, sim.base_url, job(), max_attempts=20)
+        write_provider_config(work, sim.base_url, jsonl_job(), max_attempts=20)
         spool_items(work, items)
-        daemon, _ = await run_once(work)
+        daemon, _ = await run_once_timed(work)
         stats = sim.stats()
     failed = stats["by_status"]["500"]
     assert failed > 0, "the test needs failures"
@@ -60,54 +61,7 @@ async def test_failed_attempts_give_their_tokens_back(work: Workdir) -> None:
     assert len(work.lines("q")) == items
 
 
-@pytest.mark.parametrize(
-    ("hint", "expected"),
-    [
-        (None, None),
-        (2.5, 2.5),
-        (86400.0, 120.0),
-        (math.inf, 120.0),
-        (math.nan, 120.0),
-        (-3.0, 0.0),
-    ],
-)
-def test_a_providers_wait_is_capped(hint: float | None, expected: float | None) -> None:
-    assert capped_wait_s(hint, 120.0) == expected
-
-
-def test_a_429_is_throttling_unless_the_quota_is_used_up() -> None:
-    too_many = b'{"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}'
-    quota = b'{"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}'  # noqa: E501
-    too_large = b'{"error": {"message": "Request too large for m on tokens per min (TPM)"}}'
-    assert isinstance(status_error(429, too_many, {"retry-after": "2"}), RateLimited)
-    assert isinstance(status_error(429, quota, {}), QuotaExhausted)
-    assert isinstance(status_error(429, too_large, {}), Rejected)
-
-
 # -- the provider circuit ------------------------------------------------------------
-
-
-def test_the_circuit_trips_on_different_items_failing_with_no_success_between() -> None:
-    c = Circuit(trip_items=3)
-    assert not c.failed("a", 1.0) and not c.failed("a", 1.1)  # one item, however often
-    assert not c.failed("b", 1.2)
-    c.answered(1.3)  # a success clears the count
-    assert not c.failed("c", 1.4) and not c.failed("d", 1.5)
-    assert c.failed("e", 1.6) and c.state == "down" and c.since == 1.6
-    assert not c.failed("f", 1.7)  # already down: no second trip
-    assert c.answered(9.0) and c.up
-    assert not c.answered(9.1)  # logged once
-
-
-def test_probes_back_off_to_ten_seconds_and_only_probes_count() -> None:
-    c = Circuit(trip_items=1, probe_first_s=0.5, probe_max_s=10.0)
-    c.failed("a", 0.0)
-    delays = [c.probe_delay_s()]
-    c.failed("straggler", 0.1)  # sent before the outage: does not slow the probing
-    for _ in range(6):
-        c.failed("p", 1.0, probe=True)
-        delays.append(c.probe_delay_s())
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
 
 
 def watch_events(*names: str) -> tuple[dict[str, asyncio.Event], Any]:
@@ -129,10 +83,10 @@ async def test_an_outage_dead_letters_nothing(work: Workdir, kind: str) -> None:
     items = 30
     outage = SimConfig(port=0, outage_at_s=0, outage_s=2, outage_kind=kind)  # type: ignore[arg-type]
     async with running_sim(outage) as sim:
-        write_provider_config(work, sim.base_url, job(), max_attempts=1, max_in_flight=8)
+        write_provider_config(work, sim.base_url, jsonl_job(), max_attempts=1, max_in_flight=8)
         spool_items(work, items)
         with capture_logs() as logs:
-            daemon, _ = await run_once(work)
+            daemon, _ = await run_once_timed(work)
     dead = work.lines("q", "dead")
     assert not dead, [(d["kind"], d["error"]) for d in dead]
     assert len(work.lines("q")) == items
@@ -147,10 +101,10 @@ async def test_one_failing_item_among_successes_is_that_items_failure(work: Work
     # attempts is dead-lettered as before.
     items = 60
     async with running_sim(SimConfig(port=0, p_500=0.1, fault_seed=5)) as sim:
-        write_provider_config(work, sim.base_url, job(), max_attempts=1, max_in_flight=4)
+        write_provider_config(work, sim.base_url, jsonl_job(), max_attempts=1, max_in_flight=4)
         spool_items(work, items)
         with capture_logs() as logs:
-            await run_once(work)
+            await run_once_timed(work)
     dead = work.lines("q", "dead")
     assert dead and {d["kind"] for d in dead} == {"attempts_exhausted"}
     assert len(work.lines("q")) + len(dead) == items
@@ -160,7 +114,7 @@ async def test_one_failing_item_among_successes_is_that_items_failure(work: Work
 async def test_an_outage_shows_in_readyz_healthz_and_metrics(work: Workdir) -> None:
     async with running_sim(SimConfig(port=0, outage_at_s=0, outage_s=3)) as sim:
         write_provider_config(
-            work, sim.base_url, job(), service='listen = "127.0.0.1:0"', max_in_flight=8
+            work, sim.base_url, jsonl_job(), service='listen = "127.0.0.1:0"', max_in_flight=8
         )
         spool_items(work, 20)
         cfg = config.load(work.path / "config" / "synthd.toml")
@@ -202,22 +156,14 @@ async def test_a_concurrency_limit_without_headers_is_paced_by_429s_without_a_st
     # headers, no retry-after. The daemon believes in 32 at a time.
     items = 60
     async with running_sim(SimConfig(port=0, max_concurrent=4, latency_ms=50)) as sim:
-        write_provider_config(work, sim.base_url, job(), max_in_flight=32, max_attempts=1)
+        write_provider_config(work, sim.base_url, jsonl_job(), max_in_flight=32, max_attempts=1)
         spool_items(work, items)
-        await run_once(work)
+        await run_once_timed(work)
         stats = sim.stats()
     assert len(work.lines("q")) == items and not work.lines("q", "dead")
     # A storm would be a 429 for nearly every send at 32 in flight; paced by the 429s'
     # pauses and cuts, one for every few items (12 for 60 when this was written).
     assert stats["rate_limited"] <= items // 2, stats["by_status"]
-
-
-def test_a_stragglers_answer_does_not_end_an_outage() -> None:
-    c = Circuit(trip_items=1)
-    c.failed("a", 10.0)
-    assert not c.answered(10.2, sent_at=9.9)  # sent before the outage began
-    assert c.state == "down"
-    assert c.answered(12.0, sent_at=11.5)
 
 
 async def test_a_day_long_retry_after_is_honoured_only_up_to_the_cap(work: Workdir) -> None:
@@ -228,10 +174,10 @@ async def test_a_day_long_retry_after_is_honoured_only_up_to_the_cap(work: Workd
     )  # 3 a second
     async with running_sim(sim_cfg) as sim:
         write_provider_config(
-            work, sim.base_url, job(), adapt_to_headers=False, retry_after_max_s=0.3
+            work, sim.base_url, jsonl_job(), adapt_to_headers=False, retry_after_max_s=0.3
         )
         spool_items(work, items)
-        _, elapsed = await run_once(work)
+        _, elapsed = await run_once_timed(work)
         stats = sim.stats()
     assert stats["rate_limited"] > 0, "the test needs 429s"
     assert len(work.lines("q")) == items and not work.lines("q", "dead")

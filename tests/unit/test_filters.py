@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from synthd.config import FiltersConfig
 from synthd.filters import FilterChain
@@ -319,3 +324,122 @@ def test_turns_a_label_line_may_start_the_text_after_blank_lines() -> None:
 def test_turns_are_checked_for_length_too() -> None:
     r = rejected(turns_chain(max_chars=10).apply("User: a\nAssistant: b", "stop"))
     assert r.reason == "too_long"
+
+
+# -- property tests: arbitrary input; strategies mix random data with the tokens that
+# matter to each parser, so the interesting paths are reached in a modest number of examples.
+
+FUZZ = settings(max_examples=150, deadline=None)
+
+# -- the filter chain --------------------------------------------------------------------
+
+TEXT_TOKENS = [
+    "\n",
+    "\n\n",
+    " ",
+    "?",
+    "User: ",
+    "user:",
+    "Assistant: ",
+    "NARRATOR: ",
+    "Note: ",
+    "1. ",
+    "2) ",
+    "- ",
+    "Q3: ",
+    "(a) ",
+    "```json\n",
+    "```",
+    "{",
+    "}",
+    "[",
+    "]",
+    '"q"',
+    ":",
+    ",",
+    "1",
+    "null",
+    "As an AI language model",
+    "\ufffd",
+    "\ud800",
+    "\u2028",
+    "é",
+]
+text_strategy = st.one_of(
+    st.none(),
+    st.text(max_size=200),
+    st.lists(st.sampled_from(TEXT_TOKENS) | st.text(max_size=6), max_size=40).map("".join),
+)
+finish_strategy = st.one_of(
+    st.none(), st.sampled_from(["stop", "length", "content_filter"]), st.text(max_size=10)
+)
+
+FUZZ_SCHEMA = {"type": "object", "required": ["q"], "properties": {"q": {"type": "string"}}}
+CHAINS: dict[str, tuple[FiltersConfig, dict[str, Any] | None]] = {
+    "lines": (
+        FiltersConfig(
+            split="lines",
+            strip_numbering=True,
+            keep_lines_matching=r"\?\s*$",
+            drop_lines_matching=r"^Note",
+            drop_if_matching=r"as an ai language model",
+            min_items=1,
+            max_items=3,
+            max_chars=120,
+        ),
+        None,
+    ),
+    "paragraphs": (FiltersConfig(split="paragraphs", min_items=2, max_chars=150), None),
+    "turns": (FiltersConfig(split="turns", speakers=("User", "Assistant"), min_turns=2), None),
+    "json": (FiltersConfig(require_json=True), FUZZ_SCHEMA),
+    "single_paragraph": (FiltersConfig(single_paragraph=True, min_chars=3), None),
+}
+
+
+@FUZZ
+@given(
+    name=st.sampled_from(sorted(CHAINS)),
+    text=text_strategy,
+    finish_reason=finish_strategy,
+)
+def test_filters_never_raise_and_keep_their_promises(
+    name: str, text: str | None, finish_reason: str | None
+) -> None:
+    cfg, schema = CHAINS[name]
+    result = FilterChain(cfg, schema).apply(text, finish_reason)
+
+    assert isinstance(result, Accepted | Rejection)
+    if isinstance(result, Rejection):
+        assert result.reason
+        return
+    assert text is not None
+    assert finish_reason != "content_filter"
+    assert len(result.text) >= cfg.min_chars
+    assert cfg.max_chars is None or len(result.text) <= cfg.max_chars
+    assert result.text == result.text.strip()
+    if name == "lines":
+        assert result.items is not None
+        assert 1 <= len(result.items) <= 3
+        assert result.text == "\n".join(result.items)
+        for it in result.items:
+            assert re.search(r"\?\s*$", it)
+            assert not it.startswith("Note")
+        assert not re.search(r"as an ai language model", text, re.IGNORECASE)
+    elif name == "paragraphs":
+        assert result.items is not None and len(result.items) >= 2
+        assert result.text == "\n\n".join(result.items)
+    elif name == "turns":
+        assert result.turns is not None and len(result.turns) >= 2
+        speakers = [s for s, _ in result.turns]
+        assert set(speakers) <= {"User", "Assistant"}
+        assert all(a != b for a, b in itertools.pairwise(speakers))
+        assert all(said for _, said in result.turns)
+    elif name == "json":
+        assert isinstance(result.data, dict) and isinstance(result.data.get("q"), str)
+        # The data is what the text (inside any fence) says.
+        body = result.text
+        if body.startswith("```"):
+            body = body.split("\n", 1)[1].rsplit("```", 1)[0]
+        assert orjson.loads(body) == result.data
+    elif name == "single_paragraph":
+        assert not re.search(r"\n\s*\n", result.text)

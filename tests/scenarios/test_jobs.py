@@ -23,8 +23,8 @@ from synthd.export import Spec, check, export_job, val_path
 from synthd.filters import FilterChain
 from synthd.models import Accepted, Rejection
 from synthd.sim import SimConfig, content, running_sim
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 JOBS = ("questions", "analysis", "conversations")
 
 

@@ -24,9 +24,7 @@ import pytest
 from aiohttp import web
 
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, simple_job
-from tests.test_bad_input import GOOD, drop_good
-from tests.test_hostile_spool import open_log, wait_until
+from tests.helpers import GOOD, Workdir, drop_good, open_log, simple_job, wait_until
 
 SYNTHD = [sys.executable, "-m", "synthd"]
 

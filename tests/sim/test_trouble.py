@@ -10,7 +10,7 @@ import pytest
 
 from synthd.sim import SimConfig, running_sim
 from synthd.sim.limits import Bucket, FixedWindow, Limiter, Outage, SharedClient
-from tests.test_sim_ratelimit import chat, post
+from tests.helpers import chat, post
 
 
 def test_a_fixed_window_admits_its_quota_then_refuses_until_the_window_ends() -> None:

@@ -17,7 +17,7 @@ import pytest
 from synthd import cli, config, dryrun
 from synthd.checkpoint import Checkpoint
 from synthd.models import Outcome
-from tests.conftest import Workdir
+from tests.helpers import Workdir
 
 CONFIG = """
 [provider]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from synthd.errors import InputError
 from synthd.items import SNIFF_BYTES, Reader, kind_of
@@ -334,3 +337,103 @@ def test_jsonl_resume_reads_exactly_the_rest(tmp_path: Path) -> None:
         (t.seq, t.line, t.end) for t in everything[3:]
     ]
     assert all(t.source == resumed for t in rest)
+
+
+# -- property tests: arbitrary input; strategies mix random data with the tokens that
+# matter to each parser, so the interesting paths are reached in a modest number of examples.
+
+FUZZ = settings(max_examples=150, deadline=None)
+
+# -- the reader ------------------------------------------------------------------------
+
+BYTE_TOKENS = [
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b" ",
+    b"\t",
+    b"\x00",
+    b"\xef\xbb\xbf",
+    b"\xff",
+    b"\xc3",
+    b"\xef\xbf\xbd",
+    b"{",
+    b"}",
+    b"[1]",
+    b'"text"',
+    b'"x"',
+    b":",
+    b",",
+    b'{"text": "hi"}',
+    b'{"text": "hi", "n": 1}',
+    b'{"body": 1}',
+    b'{"text": 5}',
+    b"null",
+    b"word",
+    b"\xc2\xa0",
+]
+token_run = st.lists(st.sampled_from(BYTE_TOKENS) | st.binary(max_size=8), max_size=12).map(
+    b"".join
+)
+data_strategy = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.sampled_from(BYTE_TOKENS) | st.binary(max_size=8), max_size=60).map(b"".join),
+    # Several lines, each a run of tokens: what the line readers are about.
+    st.lists(token_run, min_size=2, max_size=10).map(b"\n".join),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def read_all(path: Path, kind: str, max_line_bytes: int, src: Source) -> list[WorkItem | BadLine]:
+    with open(path, "rb") as f:
+        f.seek(src.resume_offset)
+        return list(Reader(src, f, kind, "text", max_line_bytes))
+
+
+@FUZZ
+@given(
+    data=data_strategy,
+    kind=st.sampled_from(["lines", "jsonl", "file"]),
+    max_line_bytes=st.integers(min_value=1, max_value=64),
+)
+def test_reader_never_fails_but_with_input_error(
+    fuzz_dir: Path, data: bytes, kind: str, max_line_bytes: int
+) -> None:
+    path = fuzz_dir / f"in.{kind}"
+    path.write_bytes(data)
+    src = Source(1, "j", "c", path.name, str(path), "fp")
+    try:
+        things = read_all(path, kind, max_line_bytes, src)
+    except InputError as e:
+        assert e.reason in {"binary", "empty", "too_large"}
+        return
+
+    assert [t.seq for t in things] == list(range(len(things)))
+    ends = [t.end for t in things]
+    assert all(a < b for a, b in itertools.pairwise([0, *ends]))
+    assert all(end <= len(data) for end in ends)
+    lines = [t.line for t in things]
+    assert all(a < b for a, b in itertools.pairwise([0, *lines]))
+    for t in things:
+        assert t.source == src
+        if isinstance(t, WorkItem):
+            assert t.fields["source"] == path.name
+            assert t.fields["line"] == str(t.line)
+            assert isinstance(t.fields["context"], str)
+        else:
+            assert t.reason in {"line_too_long", "invalid_json", "not_an_object", "missing_text"}
+    if kind == "file":
+        assert len(things) == 1
+        return
+
+    # Resuming after any value reads exactly what followed it.
+    for k, t in enumerate(things):
+        resumed = Source(1, "j", "c", path.name, str(path), "fp", t.seq + 1, t.line, t.end)
+        rest = read_all(path, kind, max_line_bytes, resumed)
+        assert [(r.seq, r.line, r.end) for r in rest] == [
+            (u.seq, u.line, u.end) for u in things[k + 1 :]
+        ]

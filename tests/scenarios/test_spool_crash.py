@@ -18,7 +18,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from tests.conftest import Workdir, sim_process, simple_job
+from tests.helpers import Workdir, sim_process, simple_job
 
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", "--once"]
 FILES = 12

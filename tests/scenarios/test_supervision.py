@@ -28,9 +28,14 @@ from synthd.checkpoint import Checkpoint
 from synthd.daemon import STATE_FILE
 from synthd.models import Outcome
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, simple_job
-from tests.test_bad_input import assert_good_once, drop_good, events
-from tests.test_daemon import run_once
+from tests.helpers import (
+    Workdir,
+    assert_good_once,
+    drop_good,
+    events,
+    run_once,
+    simple_job,
+)
 
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", "--once"]
 

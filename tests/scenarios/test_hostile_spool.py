@@ -8,15 +8,12 @@ drops good files too and checks they were still sent and recorded exactly once.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import sqlite3
-import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 import pytest
@@ -25,9 +22,20 @@ from structlog.testing import capture_logs
 from synthd import config
 from synthd.daemon import STATE_FILE, Daemon
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, simple_job
-from tests.test_bad_input import GOOD, assert_good_once, drop_good, events, failure
-from tests.test_daemon import run_once
+from tests.helpers import (
+    GOOD,
+    Workdir,
+    assert_good_once,
+    drop_good,
+    events,
+    failure,
+    open_log,
+    permission_bits_apply,
+    run_once,
+    simple_job,
+    wait_until,
+    without_dac_override,
+)
 
 LINES = 2000
 SLOW = SimConfig(port=0, latency_ms=200)  # 64 senders: ~320 items/s, 2000 lines take 6 s
@@ -42,22 +50,10 @@ def append(path: Path, text: str) -> None:
         f.write(text)
 
 
-async def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def start(work: Workdir, once: bool = True) -> tuple[Daemon, asyncio.Task[int]]:
     cfg = config.load(work.path / "config" / "synthd.toml")
     daemon = Daemon(cfg, once=once, handle_signals=False)
     return daemon, asyncio.create_task(daemon.run())
-
-
-def open_log(work: Workdir) -> BinaryIO:
-    """The daemon subprocess's log file (the child gets a copy of the descriptor)."""
-    return open(work.path / "daemon.log", "wb")
 
 
 def claimed(spool: Path) -> list[Path]:
@@ -280,39 +276,6 @@ async def test_links_fifos_and_directories_are_refused_without_being_followed(
     every_line = [*work.lines("q"), *work.lines("q", "rejects"), *work.lines("q", "dead")]
     assert not any("PRIVATE" in orjson.dumps(ln).decode() for ln in every_line)
     assert_good_once(work)
-
-
-def without_dac_override() -> None:
-    """In the child, before exec: drop the capabilities that let root ignore file modes.
-
-    The child stays uid 0 (so it can still run the interpreter under /root), but
-    without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH the kernel checks permission
-    bits for it as for any user. Dropped from the bounding set, they are gone
-    from the permitted and effective sets after exec.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
-    for cap in (cap_dac_override, cap_dac_read_search):
-        if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def permission_bits_apply() -> str | None:
-    """None if a child without DAC capabilities is refused a mode-000 file; else why not."""
-    if os.geteuid() != 0:
-        return None  # an ordinary user: modes apply anyway
-    probe = "import os, sys, tempfile\n" + (
-        "p = tempfile.mktemp(); open(p, 'w').close(); os.chmod(p, 0)\n"
-        "try:\n    open(p).close()\n    sys.exit(1)\n"
-        "except PermissionError:\n    sys.exit(0)\nfinally:\n    os.unlink(p)\n"
-    )
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", probe], preexec_fn=without_dac_override, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"cannot drop CAP_DAC_OVERRIDE here: {e}"
-    return None if result.returncode == 0 else "root keeps reading mode-000 files here"
 
 
 def daemon_log(work: Workdir) -> list[dict[str, Any]]:

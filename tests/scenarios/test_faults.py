@@ -16,7 +16,7 @@ import pytest
 from synthd import config
 from synthd.daemon import Daemon
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, simple_job, write_provider_config
+from tests.helpers import Workdir, simple_job, write_provider_config
 
 ITEMS = 20
 TIMEOUT_S = 0.5

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from synthd import config
 from synthd.daemon import Daemon
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, sim_process
+from tests.helpers import Workdir, sim_process, write_provider_config
 
 # A prompt of its own: the project's prompts change; the sim answers "question" prompts
 # with question lists, a few of them too short for min_items.
@@ -46,28 +46,18 @@ def write_config(
     work: Workdir, base_url: str, listen: str = "127.0.0.1:0", grace_s: float = 5, extra: str = ""
 ) -> Path:
     (work.path / "prompts" / "test-questions.txt").write_text(PROMPT)
-    path = work.path / "config" / "synthd.toml"
-    path.write_text(
-        f"""
-[provider]
-base_url = "{base_url}"
-rpm = 600000
-tpm = 100000000
-max_in_flight = 8
-request_timeout_s = 5
-backoff_base_s = 0.01
-backoff_max_s = 0.05
-
-[service]
-listen = "{listen}"
-grace_s = {grace_s}
-settle_s = 0
-scan_interval_s = 0.05
-progress_interval_s = 60
-{JOB}
-{extra}"""
+    service = {"listen": listen, "grace_s": grace_s, "scan_interval_s": 0.05}
+    return write_provider_config(
+        work,
+        base_url,
+        JOB + extra,
+        service_keys={**service, "progress_interval_s": 60},
+        rpm=600_000,
+        tpm=100_000_000,
+        max_in_flight=8,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
     )
-    return path
 
 
 def topics(n: int) -> str:

@@ -17,9 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, simple_job
-from tests.test_bad_input import GOOD, drop_good, events
-from tests.test_daemon import run_once
+from tests.helpers import GOOD, Workdir, drop_good, events, run_once, simple_job
 
 TOPICS = 200
 ITEMS = TOPICS + len(GOOD)

@@ -14,8 +14,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -23,40 +21,17 @@ from structlog.testing import capture_logs
 
 from synthd.request import TRUNCATION_MARKER
 from synthd.sim import SimConfig, running_sim
-from tests.conftest import Workdir, sim_process, simple_job
-from tests.test_daemon import run_once
-
-GOOD = {
-    f"good-{i}.txt": f"A good passage, number {i}, about the harbour at dawn." for i in range(3)
-}
-
-
-def drop_good(spool: Path) -> None:
-    for name, text in GOOD.items():
-        (spool / name).write_text(text)
-
-
-def assert_good_once(work: Workdir, job: str = "q") -> None:
-    """Each good file gave exactly one record, no other line, and went to done/."""
-    lines = [*work.lines(job), *work.lines(job, "rejects"), *work.lines(job, "dead")]
-    good = Counter(ln["source"]["file"] for ln in lines if ln["source"]["file"] in GOOD)
-    assert good == dict.fromkeys(GOOD, 1)
-    records = {r["source"]["file"]: r["context"] for r in work.lines(job)}
-    assert {name: records[name] for name in GOOD} == GOOD
-    assert set(GOOD) <= {p.name for p in (work.spool(job) / "done").iterdir()}
-
-
-def failure(spool: Path, name: str) -> dict[str, Any]:
-    """The ``NAME.error.json`` of a file in failed/ (and the file is there)."""
-    assert (spool / "failed" / name).exists() or (spool / "failed" / name).is_symlink()
-    report: dict[str, Any] = orjson.loads((spool / "failed" / f"{name}.error.json").read_bytes())
-    assert report["file"] == name
-    return report
-
-
-def events(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
-    return [e for e in logs if e["event"] == event]
-
+from tests.helpers import (
+    GOOD,
+    Workdir,
+    assert_good_once,
+    drop_good,
+    events,
+    failure,
+    run_once,
+    sim_process,
+    simple_job,
+)
 
 # -- whole files ---------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from synthd import config as config_mod
-from tests.conftest import Workdir, sim_process, simple_job, write_provider_config
+from tests.helpers import Workdir, sim_process, simple_job, write_provider_config
 
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml"]
 

@@ -16,22 +16,9 @@ from synthd import cli, config, status
 from synthd.checkpoint import Checkpoint
 from synthd.daemon import Daemon
 from synthd.models import Outcome, Source
-from tests.conftest import Workdir
+from tests.helpers import Workdir, write_provider_config
 
-
-def write_config(work: Workdir, base_url: str = "http://127.0.0.1:9/v1", **service: Any) -> Path:
-    (work.path / "prompts" / "t.txt").write_text("Ask about: {{context}}")
-    settings = {"listen": '""', "settle_s": 0, "scan_interval_s": 0.05, **service}
-    path = work.path / "config" / "synthd.toml"
-    path.write_text(
-        f"""
-[provider]
-base_url = "{base_url}"
-max_in_flight = 2
-
-[service]
-{chr(10).join(f"{k} = {v}" for k, v in settings.items())}
-
+JOBS = """
 [prices."m-1"]
 input_per_mtok = 2.0
 output_per_mtok = 10.0
@@ -45,8 +32,12 @@ input = "lines"
 prompt = "prompts/t.txt"
 model = "m-2"
 """
-    )
-    return path
+
+
+def write_config(work: Workdir, base_url: str = "http://127.0.0.1:9/v1", **service: Any) -> Path:
+    (work.path / "prompts" / "t.txt").write_text("Ask about: {{context}}")
+    keys = {"scan_interval_s": 0.05, **service}
+    return write_provider_config(work, base_url, JOBS, service_keys=keys, max_in_flight=2)
 
 
 def outcome(
@@ -143,7 +134,7 @@ def test_a_daemon_that_does_not_answer_shows_dashes(work: Workdir) -> None:
     with socket.socket() as s:  # a port with nothing behind it
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = config.load(write_config(work, listen=f'"127.0.0.1:{port}"'))
+    cfg = config.load(write_config(work, listen=f"127.0.0.1:{port}"))
     build_fixture(work)
     result = status.collect(cfg)
     assert result.metrics_url == f"http://127.0.0.1:{port}/metrics"
@@ -184,7 +175,7 @@ async def test_live_figures_while_the_daemon_works(work: Workdir) -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     try:
-        path = write_config(work, url, listen='"127.0.0.1:0"', grace_s=0)
+        path = write_config(work, url, listen="127.0.0.1:0", grace_s=0)
         cfg = config.load(path)
         (work.spool("t") / "lines.txt").write_text("".join(f"line {i}\n" for i in range(4)))
         daemon = Daemon(cfg, handle_signals=False)

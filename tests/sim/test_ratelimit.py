@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 import aiohttp
 import openai
 import orjson
 import pytest
 
-from synthd.sim import RunningSim, SimConfig, running_sim
+from synthd.sim import SimConfig, running_sim
+from tests.helpers import CHAT, chat, post
 
-CHAT = "/chat/completions"
 RESET = re.compile(r"^(?:\d+h)?(?:\d+m)?(?:\d+(?:\.\d+)?s|\d+ms)$")
 LIMIT_HEADERS = {
     "x-ratelimit-limit-requests",
@@ -23,23 +22,6 @@ LIMIT_HEADERS = {
     "x-ratelimit-reset-requests",
     "x-ratelimit-reset-tokens",
 }
-
-
-def chat(max_tokens: int = 10, content: str = "hello there") -> dict[str, Any]:
-    # Prompt tokens: ceil(11 / 4) + 4 = 7.
-    return {
-        "model": "m",
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": max_tokens,
-    }
-
-
-async def post(
-    session: aiohttp.ClientSession, sim: RunningSim, body: dict[str, Any], key: str = "k"
-) -> tuple[int, dict[str, str], Any]:
-    headers = {"Authorization": f"Bearer {key}"}
-    async with session.post(sim.base_url + CHAT, json=body, headers=headers) as resp:
-        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.json()
 
 
 async def test_a_burst_over_rpm_gets_429s_with_headers() -> None:

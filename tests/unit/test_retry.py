@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from synthd.retry import backoff_s, retry_delay_s
+from synthd.retry import backoff_s, capped_wait_s, retry_delay_s
 
 ALMOST_ONE = 1 - 1e-12
 
@@ -64,3 +66,18 @@ def test_a_small_retry_after_does_not_shorten_the_backoff() -> None:
 
 def test_retry_after_may_exceed_the_cap() -> None:
     assert retry_delay_s(1, 0.5, 30.0, 0.0, 90.0) == 90.0
+
+
+@pytest.mark.parametrize(
+    ("hint", "expected"),
+    [
+        (None, None),
+        (2.5, 2.5),
+        (86400.0, 120.0),
+        (math.inf, 120.0),
+        (math.nan, 120.0),
+        (-3.0, 0.0),
+    ],
+)
+def test_a_providers_wait_is_capped(hint: float | None, expected: float | None) -> None:
+    assert capped_wait_s(hint, 120.0) == expected

@@ -36,13 +36,17 @@ from synthd import config
 from synthd.daemon import Daemon
 from synthd.errors import WriterFailed
 from synthd.sim import RunningSim, SimConfig, running_sim
-from tests.conftest import Workdir, simple_job, write_provider_config
-from tests.test_bad_input import GOOD, assert_good_once, drop_good
-from tests.test_hostile_spool import (
+from tests.helpers import (
+    GOOD,
+    Workdir,
+    assert_good_once,
+    drop_good,
     open_log,
     permission_bits_apply,
+    simple_job,
     wait_until,
     without_dac_override,
+    write_provider_config,
 )
 
 ITEMS = 40

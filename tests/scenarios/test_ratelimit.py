@@ -8,47 +8,22 @@ event loop on a possibly busy machine, so no assertion rests on an exact timing.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 from dataclasses import dataclass, field
 
-import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from synthd import config
-from synthd.budget import Budget
-from synthd.daemon import Daemon
 from synthd.sim import RunningSim, SimConfig, running_sim
 from synthd.sim.limits import Admission, Limiter
-from tests.conftest import Workdir, simple_job, write_provider_config
-
-CONTEXT = "The council met on Tuesday to vote on the budget for the new river bridge. " * 6
-
-
-def job(max_tokens: int = 40) -> str:
-    """A JSONL job keeping every completion, so records = items."""
-    return simple_job(input='"jsonl"', max_tokens=max_tokens)
-
-
-def spool_items(work: Workdir, n: int) -> None:
-    """``n`` items of the same length, so every request costs the same tokens."""
-    rows = (orjson.dumps({"text": f"item {i:05d}. {CONTEXT}"[:400]}) + b"\n" for i in range(n))
-    (work.spool("q") / "items.jsonl").write_bytes(b"".join(rows))
-
-
-async def run_once(work: Workdir) -> tuple[Daemon, float]:
-    """Run the daemon in once mode; returns it and the seconds the run took."""
-    cfg = config.load(work.path / "config" / "synthd.toml")
-    daemon = Daemon(cfg, once=True, handle_signals=False)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await daemon.run() == 0
-    return daemon, loop.time() - started
-
-
-def budget_of(daemon: Daemon) -> Budget:
-    return daemon.dispatchers["default"].budget
+from tests.helpers import (
+    Workdir,
+    budget_of,
+    jsonl_job,
+    run_once_timed,
+    spool_items,
+    write_provider_config,
+)
 
 
 def assert_within(
@@ -82,9 +57,9 @@ def steady_seconds(per_second: list[list[int]]) -> list[int]:
 async def test_request_budget_is_used_whole_and_never_exceeded(work: Workdir) -> None:
     rpm, items = 2400, 140  # 40 requests a second, a bucket of 40: about 3.5 s
     async with running_sim(SimConfig(port=0)) as sim:
-        write_provider_config(work, sim.base_url, job(), rpm=rpm)
+        write_provider_config(work, sim.base_url, jsonl_job(), rpm=rpm)
         spool_items(work, items)
-        _, elapsed = await run_once(work)
+        _, elapsed = await run_once_timed(work)
         stats = sim.stats()
     per_s = rpm / 60
     assert stats["by_status"] == {"200": items}
@@ -102,9 +77,9 @@ async def test_token_budget_binds_and_is_never_exceeded(work: Workdir) -> None:
     # second) allows about 30 requests a second while the request budget is out of reach.
     tpm, items = 2_160_000, 90
     async with running_sim(SimConfig(port=0)) as sim:
-        write_provider_config(work, sim.base_url, job(max_tokens=1000), tpm=tpm)
+        write_provider_config(work, sim.base_url, jsonl_job(max_tokens=1000), tpm=tpm)
         spool_items(work, items)
-        daemon, elapsed = await run_once(work)
+        daemon, elapsed = await run_once_timed(work)
         stats = sim.stats()
     assert stats["by_status"] == {"200": items}
     assert stats["prompt_tokens"] % items == 0  # every request costs the same ...
@@ -124,10 +99,10 @@ async def test_lower_server_limit_is_adopted_from_headers(work: Workdir) -> None
     # The server grants 2400 rpm (40 a second); the daemon is configured for ten times that.
     items = 150
     async with running_sim(SimConfig(port=0, rpm=2400)) as sim:
-        write_provider_config(work, sim.base_url, job(), rpm=24_000)
+        write_provider_config(work, sim.base_url, jsonl_job(), rpm=24_000)
         spool_items(work, items)
         with capture_logs() as logs:
-            daemon, _ = await run_once(work)
+            daemon, _ = await run_once_timed(work)
         stats = sim.stats()
     assert len(work.lines("q")) == items
     assert stats["by_status"]["200"] == items
@@ -159,10 +134,10 @@ async def test_lower_server_token_limit_is_adopted_from_headers(
     # so sends only the x-ratelimit-*-tokens headers.
     items, server_tpm = 60, 2_160_000
     async with running_sim(SimConfig(port=0, rpm=server_rpm, tpm=server_tpm)) as sim:
-        write_provider_config(work, sim.base_url, job(max_tokens=1000), tpm=10 * server_tpm)
+        write_provider_config(work, sim.base_url, jsonl_job(max_tokens=1000), tpm=10 * server_tpm)
         spool_items(work, items)
         with capture_logs() as logs:
-            daemon, _ = await run_once(work)
+            daemon, _ = await run_once_timed(work)
         stats = sim.stats()
     assert len(work.lines("q")) == items
     adopted = [(e["limit"], e["server"]) for e in logs if e["event"] == "rate_limit_adopted"]
@@ -197,9 +172,11 @@ async def test_a_429_pauses_all_sending_until_retry_after(work: Workdir) -> None
     items, daemon_rpm = 10, 6000
     async with running_sim(SimConfig(port=0, rpm=120)) as sim:
         limiter = record_arrivals(sim)
-        write_provider_config(work, sim.base_url, job(), rpm=daemon_rpm, adapt_to_headers=False)
+        write_provider_config(
+            work, sim.base_url, jsonl_job(), rpm=daemon_rpm, adapt_to_headers=False
+        )
         spool_items(work, items)
-        daemon, elapsed = await run_once(work)
+        daemon, elapsed = await run_once_timed(work)
         stats = sim.stats()
     assert len(work.lines("q")) == items and not work.lines("q", "dead")
     assert stats["by_status"]["200"] == items
@@ -230,9 +207,11 @@ async def test_no_429_storm_when_the_budget_is_far_above_the_servers_limit(
     # still unlimited, so only the pause stands between it and the server.
     items = 12
     async with running_sim(SimConfig(port=0, rpm=120)) as sim:
-        write_provider_config(work, sim.base_url, job(), rpm=1_000_000, adapt_to_headers=False)
+        write_provider_config(
+            work, sim.base_url, jsonl_job(), rpm=1_000_000, adapt_to_headers=False
+        )
         spool_items(work, items)
-        await run_once(work)
+        await run_once_timed(work)
         stats = sim.stats()
     dead = work.lines("q", "dead")
     # A client that learns from its 429s earns about one per admitted request (8 for 10 items
@@ -248,9 +227,11 @@ async def test_used_tokens_are_credited_back(work: Workdir) -> None:
     # tokens actually used.
     tpm, items = 620_000, 120
     async with running_sim(SimConfig(port=0)) as sim:
-        write_provider_config(work, sim.base_url, job(max_tokens=1000), tpm=tpm, tpm_counts="used")
+        write_provider_config(
+            work, sim.base_url, jsonl_job(max_tokens=1000), tpm=tpm, tpm_counts="used"
+        )
         spool_items(work, items)
-        daemon, elapsed = await run_once(work)
+        daemon, elapsed = await run_once_timed(work)
         stats = sim.stats()
     assert stats["by_status"] == {"200": items}
     records = work.lines("q")
@@ -272,9 +253,9 @@ async def test_used_tokens_are_credited_back(work: Workdir) -> None:
 async def test_calibration_learns_the_servers_tokenizer(work: Workdir) -> None:
     items = 60
     async with running_sim(SimConfig(port=0)) as sim:
-        write_provider_config(work, sim.base_url, job())
+        write_provider_config(work, sim.base_url, jsonl_job())
         spool_items(work, items)
-        daemon, _ = await run_once(work)
+        daemon, _ = await run_once_timed(work)
     record = work.lines("q")[0]
     chars = len(record["messages"][-1]["content"])
     target = chars / record["usage"]["prompt_tokens"]  # the simulator counts 4 per message more
