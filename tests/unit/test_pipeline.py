@@ -12,9 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from synthd.budget import token_estimate
 from synthd.models import Outcome, Source, WorkItem
-from synthd.pipeline import TRUNCATION_MARKER, Attempt, Dispatcher, JobRuntime, prepare
+from synthd.pipeline import Attempt, Dispatcher, JobRuntime, prepare
+from synthd.ratemath import token_estimate
+from synthd.request import TRUNCATION_MARKER
 from synthd.sim import SimConfig, running_sim
 from synthd.writer import SourceEnd, Writer
 from tests.helpers import Parts, Workdir, assemble, simple_job, write_provider_config

@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 
 from synthd import config
-from synthd.budget import Calibration
 from synthd.config import Job
 from synthd.fingerprint import sampling_params
 from synthd.models import Source, WorkItem
+from synthd.ratemath import Calibration
 from synthd.request import TRUNCATION_MARKER, Request, Unsendable, build
 from tests.conftest import Workdir, simple_job
 
