@@ -28,7 +28,6 @@ class Pacer:
         self._started = clock()  # when the current slice of work began
         self._last = float("-inf")  # when a task last went through
         self._reset_pending = False
-        self._fresh = False  # a new slice has opened and no task has gone through it yet
         self.yields = 0  # turns sent to a later iteration
 
     async def turn(self) -> None:
@@ -39,21 +38,13 @@ class Pacer:
         while self._clock() - self._started >= self.slice_s:
             self.yields += 1
             if not self._reset_pending:
-                # Queued before the yielding tasks: it opens the next iteration's slice,
-                # after the timers and I/O that come first.
+                # Queued before the yielding tasks: the next iteration's slice starts
+                # when it runs, after the timers and I/O that come first.
                 self._reset_pending = True
-                self._fresh = False
                 asyncio.get_running_loop().call_soon(self._new_slice)
             await asyncio.sleep(0)
-            if self._fresh:
-                # The first task after a new slice always goes, and the slice counts
-                # from it: on a preempted process the clock may have run past the
-                # slice already, and every iteration must still make progress.
-                self._fresh = False
-                self._started = self._clock()
-                break
         self._last = self._clock()
 
     def _new_slice(self) -> None:
         self._reset_pending = False
-        self._fresh = True
+        self._started = self._clock()
