@@ -35,7 +35,6 @@ from synthd.filters import FilterChain
 from synthd.looplag import LoopLag
 from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source
-from synthd.pacer import Pacer
 from synthd.pipeline import Dispatcher, JobRuntime
 from synthd.progress import ProgressLog
 from synthd.writer import Writer
@@ -75,7 +74,6 @@ class Daemon:
         self.started = time.time()
         self.failure: tuple[str, str] | None = None  # (task, error) that stopped the daemon
         self.loop_lag = LoopLag()
-        self.pacer = Pacer()  # one for the loop: every provider's senders share its slices
 
     # -- run ---------------------------------------------------------------
 
@@ -242,7 +240,7 @@ class Daemon:
     async def _start_dispatchers(self) -> None:
         for name, cfg in self.config.providers.items():
             client = make_client(cfg, self.config.api_key(name))
-            d = Dispatcher(name, cfg, client, self.writer, self.provider_stats[name], self.pacer)
+            d = Dispatcher(name, cfg, client, self.writer, self.provider_stats[name])
             await d.start()
             self.dispatchers[name] = d
         for name, job in self.config.jobs.items():
