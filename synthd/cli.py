@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"providers.{name}.api_key_env",
                 f"{provider.api_key_env} is not set (needed for {host})",
             )
-    return _run_loop(Daemon(cfg, once=args.once).run())
+    return _run_loop(Daemon(cfg, once=args.once, tune_gc=True).run())
 
 
 def _is_local(host: str) -> bool:

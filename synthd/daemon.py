@@ -56,10 +56,18 @@ class Daemon:
     ``daemon.stop()``; ``ready`` is set once it takes work, ``http_port`` is the bound port.
     """
 
-    def __init__(self, config: Config, *, once: bool = False, handle_signals: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        once: bool = False,
+        handle_signals: bool = True,
+        tune_gc: bool = False,
+    ) -> None:
         self.config = config
         self.once = once
         self.handle_signals = handle_signals
+        self.tune_gc = tune_gc  # the process is ours: see memory.settle_gc
         self.checkpoint = Checkpoint(config.paths.state / STATE_FILE)
         self.writer = Writer(config, self.checkpoint, self._committed, self._source_done)
         self.provider_stats = {name: ProviderStats() for name in config.providers}
@@ -92,6 +100,9 @@ class Daemon:
         writer_task = asyncio.create_task(self.writer.run(), name="writer")
         writer_task.add_done_callback(self._writer_ended)
         service = await self._start_service()
+        if self.tune_gc:
+            frozen = memory.settle_gc()
+            log.info("gc_frozen", objects=frozen, thresholds=list(memory.GC_THRESHOLDS))
         feeders = [self._supervised(self.feeder.feed(name), f"feed-{name}") for name in self.jobs]
         tickers = [
             self._supervised(self._progress(), "progress"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from synthd import memory
 from synthd.sim import SimConfig, running_sim
 from tests.helpers import Workdir, run_once, sim_process, simple_job
 
@@ -113,6 +115,37 @@ def test_cli_once_exits_zero(work: Workdir) -> None:
     events = [orjson.loads(line)["event"] for line in result.stdout.splitlines()]
     assert events[0] == "recovered" and events[-1] == "stopped"
     assert len(work.lines("q")) == 1
+
+
+def test_cli_daemon_freezes_its_start_up_heap_before_work(work: Workdir) -> None:
+    """The start-up heap (modules, config, clients) is moved out of the collector's
+    reach before any work, and full collections are made rare: each one would walk
+    every live object while the loop waits (bench/throughput.py shows the lag)."""
+    with sim_process() as url:
+        work.write_config(url, simple_job("q"))
+        (work.spool("q") / "a.txt").write_text("a passage")
+        result = subprocess.run(
+            [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", "--once"],
+            capture_output=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    events = [orjson.loads(line) for line in result.stdout.splitlines()]
+    names = [e["event"] for e in events]
+    assert names.index("gc_frozen") < names.index("started")
+    frozen = events[names.index("gc_frozen")]
+    assert frozen["objects"] > 0
+    assert frozen["thresholds"] == list(memory.GC_THRESHOLDS)
+
+
+async def test_an_embedded_daemon_leaves_the_hosts_collector_alone(work: Workdir) -> None:
+    before = (gc.get_freeze_count(), gc.get_threshold())
+    async with running_sim(SimConfig(port=0)) as sim:
+        work.write_config(sim.base_url, simple_job("q"))
+        (work.spool("q") / "a.txt").write_text("a passage")
+        await run_once(work)
+    assert len(work.lines("q")) == 1
+    assert (gc.get_freeze_count(), gc.get_threshold()) == before
 
 
 def test_cli_config_error_exit_code(work: Workdir) -> None:
