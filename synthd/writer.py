@@ -26,23 +26,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 import structlog
 
-from synthd import crashpoints, jsonbytes, spool
+from synthd import crashpoints, jsonbytes, recovery, spool
 from synthd.checkpoint import Checkpoint, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
 from synthd.models import Outcome, Source
-from synthd.records import digest
-from synthd.shards import ShardStream, Tail
+from synthd.shards import ShardStream
 
 log = structlog.get_logger("synthd.writer")
 _T = TypeVar("_T")
@@ -154,79 +151,11 @@ class Writer:
     # -- start-up --------------------------------------------------------
 
     def recover(self) -> int:
-        """Reconcile shards with the checkpoint; returns how many items were adopted.
+        """Reconcile shards with the checkpoint (``recovery.recover``); items adopted.
 
         Blocking; runs once before any work is read.
         """
-        adopted = 0
-        for job, streams in self.streams.items():
-            tails: dict[str, list[Tail]] = {}
-            for kind, stream in streams.items():
-                stream.last_number = max(stream.last_number, self.cp.last_shard(job, kind))
-                tails[kind] = [
-                    stream.recover(p, self.cp.shard_offset((job, kind, stream.number_of(p)), old))
-                    for p, old in stream.parts_with_legacy_paths()
-                ]
-            adopted += self._adopt(job, tails)
-            for stream in streams.values():
-                parts = stream.parts()
-                if parts[:-1]:
-                    self.cp.sync()  # see _rotate_pending
-                for p in parts[:-1]:  # only the newest may stay open
-                    os.rename(p, p.with_name(p.name.removesuffix(".part")))
-                if parts:
-                    stream.resume(parts[-1])
-        return adopted
-
-    def _adopt(self, job: str, tails: dict[str, list[Tail]]) -> int:
-        """Adopt the complete items past the committed offsets; cut the rest.
-
-        Only truncation, never a rewrite: each tail is cut at its first line
-        that is not kept, and an item with a line past any cut is not kept
-        either (it is redone), until that settles.
-        """
-        keyed: list[tuple[str, Tail, list[tuple[str, int] | None]]] = []
-        lines_of: dict[tuple[str, int], list[tuple[str, dict[str, Any], bytes]]] = {}
-        for kind, kind_tails in tails.items():
-            for tail in kind_tails:
-                keys: list[tuple[str, int] | None] = []
-                for raw in tail.lines:
-                    try:
-                        obj = orjson.loads(raw)
-                        key = (obj["source"]["claim"], int(obj["source"]["seq"]))
-                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                        keys.append(None)  # not ours or garbage: cut below
-                        continue
-                    keys.append(key)
-                    lines_of.setdefault(key, []).append((kind, obj, raw))
-                keyed.append((kind, tail, keys))
-        ids = self.cp.claim_ids(c for c, _ in lines_of)
-        keep = {k for k, v in lines_of.items() if k[0] in ids and _complete(v)}
-        cut_at: dict[str, int] = {}
-        while True:
-            dropped: set[tuple[str, int]] = set()
-            for _, tail, keys in keyed:
-                first = next((i for i, k in enumerate(keys) if k not in keep), len(keys))
-                cut_at[tail.path] = first
-                dropped.update(k for k in keys[first:] if k in keep)
-            if not dropped:
-                break
-            keep -= dropped
-        outcomes = [_outcome_from_lines(ids[k[0]], job, k[1], lines_of[k]) for k in keep]
-        with self.cp.transaction() as tx:
-            for kind, tail, _ in keyed:
-                size = tail.start + sum(len(raw) + 1 for raw in tail.lines[: cut_at[tail.path]])
-                if tail.lines or size != os.path.getsize(tail.path):
-                    crashpoints.hit("recovery_cut")  # a tail to settle: cut, adopt or both
-                    ShardStream.cut(tail.path, size)
-                tx.shard_offsets({(job, kind, tail.number): size})
-            tx.record(outcomes)
-            tx.dedupe(job, [d for o in outcomes for d in o.digests])
-        if any(tail.lines for _, tail, _ in keyed):
-            crashpoints.hit("recovery_adopted")
-        for o in outcomes:
-            log.info("record_adopted", job=job, claim=o.source.claim, seq=o.seq)
-        return len(outcomes)
+        return recovery.recover(self.cp, self.streams)
 
     def track(self, source: Source, done_after: dict[int, tuple[int, int]]) -> Progress:
         """Start following a source's progress from its resume point.
@@ -456,36 +385,3 @@ class Writer:
                     s.close_shard()
                 except OSError as e:  # stays .part: complete up to its last newline
                     log.warning("shard_not_closed", shard=s.part_path, error=str(e))
-
-
-def _complete(lines: list[tuple[str, dict[str, Any], bytes]]) -> bool:
-    """An item's lines are complete when every sample it asked for is there."""
-    samples = [obj for _, obj, _ in lines if obj.get("sample") is not None]
-    if not samples:
-        return True  # a dead letter or a bad input line stands alone
-    n = int(samples[0].get("params", {}).get("n", 1))
-    return len({obj["sample"] for obj in samples}) == n
-
-
-def _outcome_from_lines(
-    source_id: int, job: str, seq: int, lines: list[tuple[str, dict[str, Any], bytes]]
-) -> Outcome:
-    kinds = {kind for kind, _, _ in lines}
-    first = lines[0][1]
-    src = Source(source_id, job, first["source"]["claim"], first["source"].get("file", ""), "", "")
-    state = "record" if "records" in kinds else "dead" if "dead" in kinds else "rejected"
-    if state == "rejected" and first.get("stage") == "input":
-        state = "bad_input"
-    usage = first.get("usage") or {}
-    records = [obj for k, obj, _ in lines if k == "records"]
-    return Outcome(
-        source=src,
-        seq=seq,
-        line=int(first["source"].get("line", 0)),
-        end=int(first["source"].get("end", 0)),
-        state=state,
-        digests=[digest(obj["completion"]) for obj in records],
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
-        records_written=len(records),
-    )

@@ -48,6 +48,7 @@ PURE = frozenset(
 IO = frozenset(
     {
         "synthd.budget",
+        "synthd.recovery",
         "synthd.sim.run",
         "synthd.checkpoint",
         "synthd.cli",
