@@ -102,25 +102,11 @@ async def test_identical_completions_are_deduplicated(work: Workdir) -> None:
     assert [r["reason"] for r in work.lines("q", "rejects")] == ["duplicate"] * 4
 
 
-def test_cli_once_exits_zero(work: Workdir) -> None:
-    with sim_process() as url:
-        work.write_config(url, simple_job("q"))
-        (work.spool("q") / "a.txt").write_text("a passage")
-        result = subprocess.run(
-            [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", "--once"],
-            capture_output=True,
-            timeout=60,
-        )
-    assert result.returncode == 0, result.stderr.decode()
-    events = [orjson.loads(line)["event"] for line in result.stdout.splitlines()]
-    assert events[0] == "recovered" and events[-1] == "stopped"
-    assert len(work.lines("q")) == 1
-
-
-def test_cli_daemon_freezes_its_start_up_heap_before_work(work: Workdir) -> None:
-    """The start-up heap (modules, config, clients) is moved out of the collector's
-    reach before any work, and full collections are made rare: each one would walk
-    every live object while the loop waits (bench/throughput.py shows the lag)."""
+def test_cli_once_exits_zero_with_its_start_up_heap_frozen(work: Workdir) -> None:
+    """``synthd run --once`` exits 0 when done. Before any work, the start-up heap
+    (modules, config, clients) is moved out of the collector's reach and full
+    collections are made rare: each one would walk every live object while the loop
+    waits (bench/throughput.py shows the lag)."""
     with sim_process() as url:
         work.write_config(url, simple_job("q"))
         (work.spool("q") / "a.txt").write_text("a passage")
@@ -132,6 +118,8 @@ def test_cli_daemon_freezes_its_start_up_heap_before_work(work: Workdir) -> None
     assert result.returncode == 0, result.stderr.decode()
     events = [orjson.loads(line) for line in result.stdout.splitlines()]
     names = [e["event"] for e in events]
+    assert names[0] == "recovered" and names[-1] == "stopped"
+    assert len(work.lines("q")) == 1
     assert names.index("gc_frozen") < names.index("started")
     frozen = events[names.index("gc_frozen")]
     assert frozen["objects"] > 0
