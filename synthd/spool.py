@@ -109,7 +109,8 @@ def refusal(mode: int) -> str | None:
 
 
 def claim(job_dir: Path, name: str, claim_id: str) -> Path | None:
-    """Move ``name`` into ``.work/``. None if another daemon took it first."""
+    """Move ``name`` into ``.work/`` as ``<claim_id>-<name>`` (the path the checkpoint
+    recorded for the claim). None if another daemon, or the producer, took it first."""
     target = job_dir / WORK / f"{claim_id}-{name}"
     try:
         os.rename(job_dir / name, target)
@@ -130,16 +131,15 @@ def claim_batch(
     sources = cp.add_sources(job, job_dir / WORK, names, fingerprint)
     crashpoints.hit("claim_recorded")
     won, lost, refused = [], [], []
-    base = str(job_dir) + os.sep
     for src in sources:
         try:
-            os.rename(base + src.name, src.path)
-        except FileNotFoundError:
-            lost.append(src.id)  # another daemon, or the producer, took it first
-            continue
+            target = claim(job_dir, src.name, src.claim)
         except OSError as e:
             lost.append(src.id)
             refused.append((src.name, e))
+            continue
+        if target is None:
+            lost.append(src.id)  # another daemon, or the producer, took it first
             continue
         won.append(src)
     if won:
