@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOB    ?= questions
 
-.PHONY: demo test lint typecheck suite unit scenarios simtests entrypoint install clean
+.PHONY: demo test sysdeps lint typecheck suite unit scenarios simtests entrypoint install clean
 
 install: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py --job $(JOB)
 
-test: $(STAMP) lint typecheck suite entrypoint
+test: $(STAMP) sysdeps lint typecheck suite entrypoint
+
+# Real parts some tests use (redis-server, chromium, promtool), installed when absent and root.
+sysdeps:
+	bash deploy/system-packages.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check synthd tests bench examples
