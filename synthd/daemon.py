@@ -35,6 +35,7 @@ from synthd.filters import FilterChain
 from synthd.looplag import LoopLag
 from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source
+from synthd.pacer import Pacer
 from synthd.pipeline import Dispatcher, JobRuntime
 from synthd.progress import ProgressLog
 from synthd.service import Watched, start_service
@@ -84,6 +85,7 @@ class Daemon:
         self.started = time.time()
         self.failure: tuple[str, str] | None = None  # (task, error) that stopped the daemon
         self.loop_lag = LoopLag()
+        self.pacer = Pacer()  # one for the loop: every provider's senders share its slices
 
     # -- run ---------------------------------------------------------------
 
@@ -250,7 +252,7 @@ class Daemon:
     async def _start_dispatchers(self) -> None:
         for name, cfg in self.config.providers.items():
             client = make_client(cfg, self.config.api_key(name))
-            d = Dispatcher(name, cfg, client, self.writer, self.provider_stats[name])
+            d = Dispatcher(name, cfg, client, self.writer, self.provider_stats[name], self.pacer)
             await d.start()
             self.dispatchers[name] = d
         for name, job in self.config.jobs.items():

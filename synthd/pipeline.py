@@ -42,6 +42,7 @@ from synthd.fingerprint import sampling_params
 from synthd.logs import redact
 from synthd.metrics import JobStats, ProviderStats
 from synthd.models import BadLine, Outcome, Rejection, WorkItem
+from synthd.pacer import Pacer
 from synthd.ratemath import token_estimate
 from synthd.retry import capped_wait_s, retry_delay_s
 from synthd.writer import Writer
@@ -142,6 +143,7 @@ class Dispatcher:
         client: Client,
         writer: Writer,
         stats: ProviderStats,
+        pacer: Pacer | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -158,6 +160,7 @@ class Dispatcher:
         self._senders: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._rng = random.Random()
+        self.pacer = pacer or Pacer()  # shared by every dispatcher on the loop
 
     async def start(self) -> None:
         await self.client.start()
@@ -237,6 +240,9 @@ class Dispatcher:
         finally:
             self.stats.in_flight -= 1
         now = loop.time()
+        # From here to the next request's send is most of a request's CPU: a burst of
+        # replies is spread over loop iterations (see synthd.pacer).
+        await self.pacer.turn()
         self._answered(now, started)
         stats.observe_latency(now - started)
         stats.count("200")

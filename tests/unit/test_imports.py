@@ -59,6 +59,7 @@ IO = frozenset(
         "synthd.export",
         "synthd.feeder",
         "synthd.looplag",
+        "synthd.pacer",
         "synthd.memory",
         "synthd.notify",
         "synthd.pipeline",

@@ -1,0 +1,62 @@
+"""synthd.pacer: work past a slice waits for the next loop iteration. A hand-moved
+clock stands for the work, so nothing here depends on the machine's speed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from synthd.pacer import Pacer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_burst_is_cut_into_slices_with_the_loops_callbacks_between() -> None:
+    clock = Clock()
+    pacer = Pacer(slice_s=0.01, clock=clock)
+    order: list[str] = []
+
+    async def reply(i: int) -> None:
+        await pacer.turn()
+        order.append(f"r{i}")
+        clock.now += 0.004  # each reply's processing costs 4 ms
+
+    tasks = [asyncio.create_task(reply(i)) for i in range(7)]
+    await asyncio.sleep(0)  # every task has started and met its turn
+    order.append("timer")  # what a timer due now would see: the first slice only
+    await asyncio.gather(*tasks)
+    # 4 ms each: three fit in a 10 ms slice (0, 4, 8 ms in), the rest wait.
+    assert order[:4] == ["r0", "r1", "r2", "timer"]
+    assert sorted(order[4:]) == [f"r{i}" for i in range(3, 7)]
+    assert pacer.yields >= 4
+
+
+async def test_work_after_idle_starts_a_fresh_slice_without_yielding() -> None:
+    clock = Clock()
+    pacer = Pacer(slice_s=0.01, clock=clock)
+    for _ in range(5):
+        clock.now += 1.0  # the loop was idle between replies
+        await pacer.turn()
+    assert pacer.yields == 0
+
+
+async def test_a_preempted_process_still_makes_progress_every_iteration() -> None:
+    class Preempted(Clock):
+        def __call__(self) -> float:
+            self.now += 0.011  # off the CPU between any two looks at the clock
+            return self.now
+
+    pacer = Pacer(slice_s=0.01, clock=Preempted())
+    done: list[int] = []
+
+    async def reply(i: int) -> None:
+        await pacer.turn()
+        done.append(i)
+
+    await asyncio.wait_for(asyncio.gather(*(reply(i) for i in range(6))), timeout=5)
+    assert sorted(done) == list(range(6))
