@@ -33,6 +33,7 @@ from synthd.errors import (
 )
 from synthd.headers import RateHeaders, parse_rate_headers, parse_retry_after
 from synthd.models import Choice, Reply
+from synthd.pacer import Pacer
 from synthd.prompts import ENDPOINTS
 
 _RETRYABLE_4XX = frozenset({408, 409})
@@ -56,8 +57,10 @@ class Client(Protocol):
         ...
 
 
-def make_client(cfg: ProviderConfig, api_key: str | None) -> Client:
-    return SdkClient(cfg, api_key) if cfg.transport == "sdk" else HttpClient(cfg, api_key)
+def make_client(cfg: ProviderConfig, api_key: str | None, pacer: Pacer | None = None) -> Client:
+    if cfg.transport == "sdk":
+        return SdkClient(cfg, api_key)
+    return HttpClient(cfg, api_key, pacer)
 
 
 class HttpClient:
@@ -68,8 +71,11 @@ class HttpClient:
     transport and HTTP failure to a ``synthd.errors`` provider error in ``complete``.
     """
 
-    def __init__(self, cfg: ProviderConfig, api_key: str | None) -> None:
+    def __init__(
+        self, cfg: ProviderConfig, api_key: str | None, pacer: Pacer | None = None
+    ) -> None:
         self.cfg = cfg
+        self._pacer = pacer or Pacer()
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -123,6 +129,9 @@ class HttpClient:
             raise ConnectionLost(f"reply cut short: {type(e).__name__}") from e
         except aiohttp.ClientConnectionError as e:
             raise ConnectionLost(f"{type(e).__name__}: {e}") from e
+        # From here to the next request's send is most of a request's CPU: a burst of
+        # replies that arrived in one poll is spread over loop iterations (synthd.pacer).
+        await self._pacer.turn()
         rate = RateHeaders.parse(headers)
         if status != 200:
             error = status_error(status, raw, headers)

@@ -85,7 +85,7 @@ class Daemon:
         self.started = time.time()
         self.failure: tuple[str, str] | None = None  # (task, error) that stopped the daemon
         self.loop_lag = LoopLag()
-        self.pacer = Pacer()  # one for the loop: every provider's senders share its slices
+        self.pacer = Pacer()  # one for the loop: every provider's replies share its slices
 
     # -- run ---------------------------------------------------------------
 
@@ -251,7 +251,7 @@ class Daemon:
 
     async def _start_dispatchers(self) -> None:
         for name, cfg in self.config.providers.items():
-            client = make_client(cfg, self.config.api_key(name))
+            client = make_client(cfg, self.config.api_key(name), self.pacer)
             d = Dispatcher(name, cfg, client, self.writer, self.provider_stats[name], self.pacer)
             await d.start()
             self.dispatchers[name] = d
