@@ -22,6 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "synthd"
 
 PURE = frozenset(
     {
+        "synthd.chunking",
         "synthd.circuit",
         "synthd.cost",
         "synthd.request",
