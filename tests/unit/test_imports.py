@@ -58,6 +58,7 @@ IO = frozenset(
         "synthd.daemon",
         "synthd.dryrun",
         "synthd.export",
+        "synthd.extract",
         "synthd.feeder",
         "synthd.looplag",
         "synthd.memory",
