@@ -329,7 +329,8 @@ def _read(cfg: Config, job: Job, src: Source, path: Path) -> Iterator[WorkItem |
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="synthd-dry-run-"))
             path = spool.utf8_copy(path, Path(tmp))
         f = stack.enter_context(spool.open_at_resume(src, path))
-        yield from items_mod.reader_for(src, f, job.config, cfg.service.max_line_bytes)
+        max_line = cfg.service.max_line_bytes
+        yield from items_mod.reader_for(src, f, job.config, max_line, job.chunk_tokens)
 
 
 # -- the human report ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import BinaryIO, Protocol
 
 import orjson
 
+from synthd import chunking, extract
 from synthd.errors import InputError
 from synthd.models import BadLine, Source, WorkItem
 
@@ -74,10 +75,56 @@ class InputSettings(Protocol):
     @property
     def text_field(self) -> str: ...
 
+    @property
+    def chunk_overlap(self) -> int: ...
 
-def reader_for(src: Source, f: BinaryIO, job: InputSettings, max_line_bytes: int) -> Reader:
-    """The reader the daemon uses for ``src`` in a job configured as ``job``."""
-    return Reader(src, f, kind_of(src.name, job.input), job.text_field, max_line_bytes)
+
+def reader_for(
+    src: Source, f: BinaryIO, job: InputSettings, max_line_bytes: int, chunk_tokens: int = 0
+) -> Reader | ChunkReader:
+    """The reader the daemon uses for ``src`` in a job configured as ``job``;
+    ``chunk_tokens`` is the job's resolved passage size (``Job.chunk_tokens``)."""
+    kind = kind_of(src.name, job.input)
+    if kind == "chunks":
+        return ChunkReader(src, f, chunk_tokens, job.chunk_overlap)
+    return Reader(src, f, kind, job.text_field, max_line_bytes)
+
+
+class ChunkReader:
+    """Iterates the passages of one document from its resume point (``input = "chunks"``).
+
+    A passage is an item like a line: its ordinal is its index, its ``end`` the byte
+    where the next passage starts, so the checkpoint's resume point works unchanged;
+    its ``line`` is its index + 1, which keeps record ids stable when the same file is
+    dropped again. A page or a PDF is extracted first (``synthd.extract``), and the
+    offsets are then those of its text. Raises ``InputError`` while iterating.
+    """
+
+    def __init__(self, src: Source, f: BinaryIO, chunk_tokens: int, overlap_tokens: int) -> None:
+        self.src = src
+        self.f = f
+        self.chunk_tokens = chunk_tokens
+        self.overlap_tokens = overlap_tokens
+        self.replaced = 0
+
+    def __iter__(self) -> Iterator[WorkItem | BadLine]:
+        src = self.src
+        f = extract.text_stream(src.name, self.f, src.resume_offset)
+        offset = src.resume_offset
+        f.seek(0)
+        head = f.read(SNIFF_BYTES)
+        sniff(head)
+        base = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+        f.seek(base)
+        # Spans count characters from the text's start: a resume counts its done part.
+        char = chunking.chars_before(f, offset - base) if offset > base else 0
+        f.seek(max(offset, base))
+        at = chunking.Resume(src.resume_seq, char, max(offset, base))
+        blocks = chunking.blocks_of(f)
+        for c in chunking.chunks(blocks, self.chunk_tokens, self.overlap_tokens, at):
+            self.replaced += c.replaced
+            fields = {"context": c.text, "source": src.name, "line": str(c.index + 1)}
+            yield WorkItem(src, c.index, c.index + 1, c.next_byte, fields, None, (c.start, c.end))
 
 
 class Reader:

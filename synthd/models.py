@@ -31,6 +31,7 @@ class WorkItem:
     end: int  # byte offset just past the item: where a resume would start
     fields: dict[str, str]
     meta: dict[str, Any] | None = None
+    span: tuple[int, int] | None = None  # a passage's characters in its text (chunks)
 
 
 @dataclass(frozen=True, slots=True)
