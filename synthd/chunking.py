@@ -127,12 +127,16 @@ def _cut(buf: str, pos: int, size: int) -> int:
 
 
 def _next_start(buf: str, pos: int, cut: int, overlap: int) -> int:
-    """The next passage's start, from ``pos``: ``overlap`` characters before ``cut``,
-    moved on to the start of a word, and never at or before this passage's start."""
+    """The next passage's start, from ``pos``: the earliest paragraph, else sentence, else
+    word start in the ``overlap`` characters before ``cut``, or ``cut`` if there is none."""
     if overlap <= 0:
         return cut
-    m = _WORD.search(buf, pos + max(1, cut - overlap), pos + cut)
-    return m.end() - pos if m is not None and m.end() - pos < cut else cut
+    lo = pos + max(1, cut - overlap)
+    for pattern in _BOUNDARIES:
+        m = pattern.search(buf, lo, pos + cut)
+        if m is not None and m.end() - pos < cut:
+            return m.end() - pos
+    return cut
 
 
 def blocks_of(f: BinaryIO, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
