@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from synthd.chunking import Chunk, blocks_of, chunks
@@ -176,3 +177,20 @@ def test_a_kill_during_a_5000_passage_file_leaves_every_passage_once(
     ids = [r["id"] for r in work.lines("q")]
     assert len(ids) == len(set(ids)) == 5000
     assert (work.spool("q") / "done" / "long.txt").exists()
+
+
+@pytest.mark.timeout(180)
+def test_the_demo_runs_the_questions_job_on_the_long_examples(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    demo = [sys.executable, str(ROOT / "examples" / "demo.py"), "--job", "questions"]
+    args = ["--inputs", str(LONG), "--workdir", str(tmp_path / "demo")]
+    got = subprocess.run(demo + args, env=env, capture_output=True, text=True, timeout=170)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert 'cut into passages (input = "chunks")' in got.stdout
+    out = tmp_path / "demo" / "out" / "questions"
+    shards = [*out.glob("*.jsonl*"), *(out / "rejects").glob("*.jsonl*")]
+    lines = [orjson.loads(raw) for p in shards for raw in p.read_bytes().splitlines()]
+    files = Counter(ln["source"]["file"] for ln in lines)
+    assert files["kjv-genesis-to-ruth.txt"] > 200
+    assert files["saved-article.html"] >= 1
+    assert not list((tmp_path / "demo" / "spool" / "questions" / "failed").iterdir())
