@@ -14,6 +14,7 @@ claim time, so readers only ever see UTF-8.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import BinaryIO, Protocol
 
 import orjson
@@ -84,10 +85,12 @@ def reader_for(
 ) -> Reader | ChunkReader:
     """The reader the daemon uses for ``src`` in a job configured as ``job``;
     ``chunk_tokens`` is the job's resolved passage size (``Job.chunk_tokens``)."""
-    kind = kind_of(src.name, job.input)
-    if kind == "chunks":
-        return ChunkReader(src, f, chunk_tokens, job.chunk_overlap)
-    return Reader(src, f, kind, job.text_field, max_line_bytes)
+    if job.input == "chunks":
+        reader = ChunkReader(src, f, chunk_tokens, job.chunk_overlap)
+        if kind_of(src.name, "chunks") == "jsonl":
+            reader.lines = Reader(src, f, "jsonl", job.text_field, max_line_bytes)
+        return reader
+    return Reader(src, f, kind_of(src.name, job.input), job.text_field, max_line_bytes)
 
 
 class ChunkReader:
@@ -105,9 +108,17 @@ class ChunkReader:
         self.f = f
         self.chunk_tokens = chunk_tokens
         self.overlap_tokens = overlap_tokens
-        self.replaced = 0
+        self.lines: Reader | None = None  # a JSONL file: its records' text fields are cut
+        self._replaced = 0
+
+    @property
+    def replaced(self) -> int:
+        return self._replaced + (self.lines.replaced if self.lines is not None else 0)
 
     def __iter__(self) -> Iterator[WorkItem | BadLine]:
+        if self.lines is not None:
+            yield from self._records(self.lines)
+            return
         src = self.src
         f = extract.text_stream(src.name, self.f, src.resume_offset)
         offset = src.resume_offset
@@ -122,9 +133,64 @@ class ChunkReader:
         at = chunking.Resume(src.resume_seq, char, max(offset, base))
         blocks = chunking.blocks_of(f)
         for c in chunking.chunks(blocks, self.chunk_tokens, self.overlap_tokens, at):
-            self.replaced += c.replaced
+            self._replaced += c.replaced
             fields = {"context": c.text, "source": src.name, "line": str(c.index + 1)}
-            yield WorkItem(src, c.index, c.index + 1, c.next_byte, fields, None, (c.start, c.end))
+            span = (c.start, c.end)
+            yield WorkItem(src, c.index, c.index + 1, c.next_byte, fields, None, span, c.index)
+
+    def _records(self, lines: Reader) -> Iterator[WorkItem | BadLine]:
+        """Each JSONL record's text field cut into passages, a record's passages in a row.
+
+        A passage other than its record's last has for ``end`` a byte inside its line,
+        ``line_end - (passages after it)``, which no line boundary can be: a resume
+        point there says which line to read again and how many of its passages are done.
+        """
+        src, f = self.src, self.f
+        seq, line, offset = src.resume_seq, src.resume_line, src.resume_offset
+        start = _line_start(f, offset)
+        inside = start < offset  # some of that line's passages are done, not all
+        if inside:
+            line -= 1
+        f.seek(start)
+        lines.src = replace(src, resume_seq=0, resume_line=line, resume_offset=start)
+        for thing in lines:
+            if isinstance(thing, BadLine):
+                yield replace(thing, source=src, seq=seq)
+                seq += 1
+                continue
+            text = thing.fields["context"]
+            cut = list(chunking.chunks([text], self.chunk_tokens, self.overlap_tokens))
+            if not cut:  # a field of white space alone: as a line reader would say
+                yield BadLine(src, seq, thing.line, thing.end, "missing_text", "only white space")
+                seq += 1
+                continue
+            n = len(cut)
+            if inside:  # the resume point names how many of this line's passages are done
+                seq -= n - (thing.end - offset)
+                inside = False
+            for c in cut:
+                end = thing.end - (n - 1 - c.index)
+                fields = {**thing.fields, "context": c.text}
+                span = (c.start, c.end)
+                yield WorkItem(src, seq, thing.line, end, fields, thing.meta, span, c.index)
+                seq += 1
+
+
+def _line_start(f: BinaryIO, offset: int) -> int:
+    """Where the line holding byte ``offset - 1`` starts; ``offset`` itself if that byte
+    ends a line (or ``offset`` is 0). Reads backwards a block at a time."""
+    pos = offset
+    while pos > 0:
+        step = min(_CHUNK, pos)
+        f.seek(pos - step)
+        block = f.read(step)
+        if pos == offset and block.endswith(b"\n"):
+            return offset
+        i = block.rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
 
 
 class Reader:

@@ -32,6 +32,7 @@ class WorkItem:
     fields: dict[str, str]
     meta: dict[str, Any] | None = None
     span: tuple[int, int] | None = None  # a passage's characters in its text (chunks)
+    chunk: int = 0  # and its index in that text
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ def source_of(item: WorkItem | BadLine) -> dict[str, Any]:
         "end": item.end,
     }
     if isinstance(item, WorkItem) and item.span is not None:
-        out["chunk"] = item.seq
+        out["chunk"] = item.chunk
         out["span"] = list(item.span)
     return out
 

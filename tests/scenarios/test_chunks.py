@@ -194,3 +194,29 @@ def test_the_demo_runs_the_questions_job_on_the_long_examples(tmp_path: Path) ->
     assert files["kjv-genesis-to-ruth.txt"] > 200
     assert files["saved-article.html"] >= 1
     assert not list((tmp_path / "demo" / "spool" / "questions" / "failed").iterdir())
+
+
+@pytest.mark.timeout(180)
+def test_jsonl_fields_are_cut_and_a_kill_inside_a_record_resumes_there(
+    tmp_path: Path, sim_url: str
+) -> None:
+    work = Workdir(tmp_path)
+    configure(work, sim_url, 16, 2)
+    book = (LONG / "kjv-genesis-to-ruth.txt").read_text()
+    rows = [book[i * 3000 : i * 3000 + 200 + i * 25] for i in range(60)]
+    data = b"".join(orjson.dumps({"text": t, "n": i}) + b"\n" for i, t in enumerate(rows))
+    (work.spool("q") / "rows.jsonl").write_bytes(data)
+    want = [(i, c) for i, t in enumerate(rows) for c in expected(t, 16, 2)]
+    assert len(want) > 1000
+    for point in ("checkpoint_committed:3", "shard_fsynced:7"):
+        assert life(work, point) == -signal.SIGKILL
+    assert 0 < len(by_seq(work, "rows.jsonl")) < len(want), "the kills fell mid-file"
+    assert life(work, None) == 0, (work.path / "daemon.log").read_text()[-3000:]
+    got = by_seq(work, "rows.jsonl")
+    assert sorted(got) == list(range(len(want)))
+    for seq, (row, c) in enumerate(want):
+        (line,) = got[seq]
+        assert line["source"]["line"] == row + 1
+        assert (line["source"]["chunk"], line["source"]["span"]) == (c.index, [c.start, c.end])
+        assert line["context"] == c.text
+    assert len({r["id"] for r in work.lines("q")}) == len(want)
