@@ -336,8 +336,9 @@ def _resolve_job(file: str, name: str, cfg: JobConfig, providers: dict[str, Prov
             raise ConfigError(file, schema_key, f"not valid JSON: {e}") from e
     if cfg.filters.split == "turns" and len(cfg.filters.speakers) != 2:
         raise ConfigError(file, f"{key}.filters.speakers", "split = 'turns' needs two speakers")
-    fingerprint = job_fingerprint(cfg, template.text, system)
     chunk_tokens = _chunk_tokens(file, key, cfg, template, system)
+    chunks = (chunk_tokens, cfg.chunk_overlap) if chunk_tokens else None
+    fingerprint = job_fingerprint(cfg, template.text, system, chunks)
     return Job(name, cfg, template, system, fingerprint, schema, chunk_tokens)
 
 

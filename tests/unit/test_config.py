@@ -332,3 +332,12 @@ def test_chunk_size_is_given_or_fits_the_prompt_limit(folder: Path) -> None:
 def test_bad_chunk_settings_are_named(folder: Path, extra: str, key: str, problem: str) -> None:
     err = load_error(write(folder, MINIMAL + 'input = "chunks"\n' + extra))
     assert (err.key, problem in err.problem) == (key, True), err
+
+
+def test_passage_size_and_overlap_are_in_a_chunks_jobs_fingerprint(folder: Path) -> None:
+    chunks = 'input = "chunks"\n'
+    base = fingerprint(folder, chunks)
+    assert fingerprint(folder, chunks + "chunk_tokens = 1000\n") == base  # the default
+    assert fingerprint(folder, chunks + "chunk_tokens = 999\n") != base
+    assert fingerprint(folder, chunks + "chunk_overlap = 9\n") != base
+    assert fingerprint(folder) == fingerprint(folder, 'input = "lines"\n')
