@@ -220,3 +220,35 @@ def test_jsonl_fields_are_cut_and_a_kill_inside_a_record_resumes_there(
         assert (line["source"]["chunk"], line["source"]["span"]) == (c.index, [c.start, c.end])
         assert line["context"] == c.text
     assert len({r["id"] for r in work.lines("q")}) == len(want)
+
+
+_MDWE_LAUNCHER = """
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE
+    sys.exit(77)
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])
+"""
+_MDWE_EXTRACT = """
+import ctypes
+assert ctypes.CDLL(None).prctl(66, 0, 0, 0, 0) == 1  # PR_GET_MDWE: really under it
+from synthd.extract import html_text, pdf_text
+from tests.pdfs import pdf_of
+assert "my shepherd" in html_text(open("examples/long/saved-article.html", "rb").read())
+assert pdf_text(pdf_of([[["Read under W^X."]]])).strip() == "Read under W^X."
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_extraction_works_without_writable_executable_memory() -> None:
+    """The unit's MemoryDenyWriteExecute=yes holds for lxml, trafilatura and pypdf too."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MDWE_LAUNCHER, _MDWE_EXTRACT],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+    )
+    if result.returncode == 77:
+        pytest.skip("the kernel has no PR_SET_MDWE (Linux 6.3+), or a sandbox forbids it")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
