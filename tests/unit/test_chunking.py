@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import re
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -141,3 +143,35 @@ def test_any_text_is_covered(
         assert len(text[: c.next_start].encode("utf-8", "surrogatepass")) == c.next_byte
     assert not text[pos:].strip()
     assert all(not re.fullmatch(r"\s*", c.text) for c in got)
+
+
+class _Endless(io.RawIOBase):
+    """``size`` bytes of text made as they are read: the test never holds them either."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.line = b"A sentence about the harbour, the tide and the boats. " * 7 + b"\n\n"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self.left)
+        reps = self.line * (n // len(self.line) + 1)
+        b[:n] = reps[:n]
+        self.left -= n
+        return n
+
+
+def test_a_long_text_is_never_held_whole() -> None:
+    size = 12_000_000
+    tracemalloc.start()
+    try:
+        count = last = 0
+        for c in chunks(blocks_of(io.BufferedReader(_Endless(size))), 1000, 50):
+            count, last = count + 1, c.next_byte
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert last == size and count > 2800
+    assert peak < 2_000_000, f"{peak / 1e6:.1f} MB held for a {size / 1e6:.0f} MB text"
