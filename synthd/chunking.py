@@ -30,7 +30,10 @@ MIN_FILL = 0.9  # a passage other than the last holds at least this share of its
 BLOCK_BYTES = 1 << 16  # read from the file this much at a time
 
 _PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n\s*")
-_SENTENCE = re.compile(r"[.!?\u2026\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\s+")
+# Latin-script sentences end in punctuation then white space; CJK ones need no space.
+_SENTENCE = re.compile(
+    r"[.!?\u2026][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f][\u300d\u300f\u201d\uff09]*\s*"
+)
 _WORD = re.compile(r"\s+")
 _ESCAPED = re.compile("[\udc80-\udcff]")
 _TEXT = re.compile(r"\S")

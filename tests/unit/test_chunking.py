@@ -175,3 +175,12 @@ def test_a_long_text_is_never_held_whole() -> None:
         tracemalloc.stop()
     assert last == size and count > 2800
     assert peak < 2_000_000, f"{peak / 1e6:.1f} MB held for a {size / 1e6:.0f} MB text"
+
+
+def test_text_without_spaces_is_cut_after_its_sentences() -> None:
+    text = (
+        "\u4eca\u65e5\u306f\u96e8\u304c\u964d\u3063\u305f\u3002" * 300
+    )  # "It rained today." in Japanese
+    got = cut(text, 20)
+    assert all(text[: c.end].endswith("\u3002") for c in got)
+    assert "".join(text[c.start : c.end] for c in got) == text
