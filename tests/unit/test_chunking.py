@@ -184,3 +184,32 @@ def test_text_without_spaces_is_cut_after_its_sentences() -> None:
     got = cut(text, 20)
     assert all(text[: c.end].endswith("\u3002") for c in got)
     assert "".join(text[c.start : c.end] for c in got) == text
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    words=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+        min_size=1,
+        max_size=300,
+    ),
+    seps=st.lists(st.sampled_from([" ", "\n", "\n\n", ". ", "\u3002"]), min_size=1, max_size=4),
+    tokens=st.integers(3, 40),
+    overlap=st.integers(0, 20),
+    block=st.integers(1, 200),
+    where=st.floats(0, 1),
+)
+def test_resuming_anywhere_cuts_what_one_run_cut(
+    words: list[str], seps: list[str], tokens: int, overlap: int, block: int, where: float
+) -> None:
+    text = "".join(w + seps[i % len(seps)] for i, w in enumerate(words))
+    raw = text.encode()
+    whole = list(chunks(blocks_of(io.BytesIO(raw), block), tokens, overlap))
+    if not whole:
+        return
+    k = int(where * len(whole))
+    at = Resume() if k == 0 else Resume(k, whole[k - 1].next_start, whole[k - 1].next_byte)
+    f = io.BytesIO(raw)
+    assert chars_before(f, at.byte, block) == at.char
+    rest = list(chunks(blocks_of(f, block), tokens, overlap, at))
+    assert rest == whole[k:]
