@@ -6,6 +6,7 @@ over the same file, so each record can be matched to the passage it was asked ab
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import random
@@ -252,3 +253,11 @@ def test_extraction_works_without_writable_executable_memory() -> None:
     if result.returncode == 77:
         pytest.skip("the kernel has no PR_SET_MDWE (Linux 6.3+), or a sandbox forbids it")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+async def test_a_utf16_text_is_cut_like_its_utf8_copy(work: Workdir, sim_url: str) -> None:
+    configure(work, sim_url, 60)
+    text = (LONG / "kjv-genesis-to-ruth.txt").read_text()[:20_000]
+    (work.spool("q") / "wide.txt").write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    await run_once(work)
+    assert_each_passage_once(work, "wide.txt", expected(text, 60))
