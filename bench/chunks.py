@@ -11,7 +11,12 @@ second (wall time too, which other load on the machine depresses):
   ``--pages`` times;
 - pdf: a ``--pdf-pages``-page two-column PDF of the book's text (written by tests/pdfs.py).
 
+With ``--daemon-files N``, the daemon itself (against the simulator, no rate limit) runs on
+N short contexts, one file each, once with ``input = "file"`` and once with ``input =
+"chunks"``: what cutting costs per file when each file is a single passage.
+
     .venv/bin/python bench/chunks.py [--text-mb 64] [--chunk-tokens 1000] [--contexts PATH]
+                                     [--daemon-files 3000]
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-from common import emit
+from common import Workdir, contexts, emit, start_sim, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,7 +54,11 @@ def main() -> int:
     p.add_argument("--chunk-tokens", type=int, default=1000)
     p.add_argument("--overlap", type=int, default=50)
     p.add_argument("--contexts", type=Path, help="the shared contexts.jsonl.gz as the text")
+    p.add_argument("--daemon-files", type=int, default=0, help="also run the daemon on this many")
     args = p.parse_args()
+    if args.daemon_files:
+        for kind in ("file", "chunks"):
+            emit(daemon_run(kind, args.daemon_files, args.contexts))
     book = BOOK.read_text()
     with tempfile.TemporaryDirectory(prefix="synthd-bench-chunks-") as tmp:
         folder = Path(tmp)
@@ -97,6 +106,29 @@ def measure(kind: str, paths: list[Path], args: argparse.Namespace, memory: bool
         out["peak_traced_mb"] = round(tracemalloc.get_traced_memory()[1] / 1e6, 2)
         tracemalloc.stop()
     return out
+
+
+def daemon_run(kind: str, files: int, path: Path | None) -> dict:
+    """The daemon on ``files`` one-context files with ``input = kind``: CPU per file."""
+    sim, url = start_sim(["--latency-ms", "20"])
+    work = Workdir()
+    try:
+        provider = {"rpm": 10_000_000, "tpm": 10_000_000_000, "max_in_flight": 256}
+        work.config(url, provider, f'input = "{kind}"')
+        work.spool_files(contexts(path, files))
+        run = work.run("--once")
+        return {
+            "daemon_input": kind,
+            "files": files,
+            "records": work.count_lines(),
+            "daemon_cpu_s": round(run.cpu_s, 2),
+            "cpu_us_per_file": round(run.cpu_s / files * 1e6),
+            "wall_s": round(run.wall_s, 1),
+            "exit": run.returncode,
+        }
+    finally:
+        stop(sim)
+        work.remove()
 
 
 def write_text(path: Path, mb: float, contexts: Path | None, book: str) -> None:
