@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOB    ?= questions
+INPUTS ?=
 
 .PHONY: demo test sysdeps lint typecheck suite unit scenarios simtests entrypoint install clean
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py --job $(JOB)
+	$(BIN)/python examples/demo.py --job $(JOB) $(if $(INPUTS),--inputs $(INPUTS))
 
 test: $(STAMP) sysdeps lint typecheck suite entrypoint
 

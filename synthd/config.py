@@ -24,7 +24,7 @@ from synthd.fingerprint import job_fingerprint
 from synthd.prompts import Template
 
 Api = Literal["chat", "completions"]
-InputKind = Literal["file", "lines", "jsonl"]
+InputKind = Literal["file", "lines", "jsonl", "chunks"]
 Transport = Literal["http", "sdk"]
 TokenAccounting = Literal["reserved", "used"]
 LongPrompt = Literal["truncate", "reject"]
@@ -147,6 +147,8 @@ class JobConfig(_Frozen):
     samples: PositiveInt = 1
     input: InputKind = "file"
     text_field: str = "text"
+    chunk_tokens: PositiveInt | None = None  # input = "chunks": default fits max_prompt_tokens
+    chunk_overlap: Annotated[int, Field(ge=0)] = 0  # tokens a passage repeats of the one before
     max_prompt_tokens: PositiveInt | None = None
     on_long_prompt: LongPrompt = "reject"
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -186,6 +188,7 @@ class Job:
     system: str | None
     fingerprint: str
     schema: dict[str, Any] | None = None  # the parsed filters.json_schema
+    chunk_tokens: int = 0  # input = "chunks": a passage's size, resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,8 +336,43 @@ def _resolve_job(file: str, name: str, cfg: JobConfig, providers: dict[str, Prov
             raise ConfigError(file, schema_key, f"not valid JSON: {e}") from e
     if cfg.filters.split == "turns" and len(cfg.filters.speakers) != 2:
         raise ConfigError(file, f"{key}.filters.speakers", "split = 'turns' needs two speakers")
-    fingerprint = job_fingerprint(cfg, template.text, system)
-    return Job(name, cfg, template, system, fingerprint, schema)
+    chunk_tokens = _chunk_tokens(file, key, cfg, template, system)
+    chunks = (chunk_tokens, cfg.chunk_overlap) if chunk_tokens else None
+    fingerprint = job_fingerprint(cfg, template.text, system, chunks)
+    return Job(name, cfg, template, system, fingerprint, schema, chunk_tokens)
+
+
+DEFAULT_CHUNK_TOKENS = 1000  # input = "chunks" without max_prompt_tokens to fit
+_CHUNK_ROOM = 0.9  # of what the prompt leaves: the estimate learns, and may count more
+
+
+def _chunk_tokens(
+    file: str, key: str, cfg: JobConfig, template: Template, system: str | None
+) -> int:
+    """A passage's size for ``input = "chunks"``: as given, or what fits the prompt limit
+    once the template, the system prompt and the other fields are in."""
+    if cfg.input != "chunks":
+        return 0
+    size = cfg.chunk_tokens
+    if size is None:
+        if cfg.max_prompt_tokens is None:
+            size = DEFAULT_CHUNK_TOKENS
+        else:
+            frame = len(template.render(dict.fromkeys(template.fields, "x" * 40)))
+            taken = -(-(frame + len(system or "")) // 4)
+            size = int((cfg.max_prompt_tokens - taken) * _CHUNK_ROOM)
+            if size < 16:
+                raise ConfigError(
+                    file,
+                    f"{key}.max_prompt_tokens",
+                    f"leaves {size} tokens for a passage once the prompt is in; "
+                    "raise it or set chunk_tokens",
+                )
+    if cfg.chunk_overlap * 2 > size:
+        raise ConfigError(
+            file, f"{key}.chunk_overlap", f"must be at most half of chunk_tokens ({size})"
+        )
+    return size
 
 
 def _fillable(cfg: JobConfig) -> frozenset[str]:

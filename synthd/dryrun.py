@@ -34,6 +34,7 @@ import structlog
 from synthd import items as items_mod
 from synthd import request, spool
 from synthd.checkpoint import STATE_FILE, Checkpoint
+from synthd.chunking import CHARS_PER_TOKEN
 from synthd.config import Config, Job, Price
 from synthd.cost import price_usd
 from synthd.errors import ConfigError, InputError
@@ -43,6 +44,7 @@ from synthd.prompts import ENDPOINTS
 from synthd.ratemath import Calibration
 
 log = structlog.get_logger("synthd.dryrun")
+CHUNKED_FILES_SHOWN = 10  # input = "chunks": how the first files are cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,39 @@ class Cost:
         return round(self.input_usd + self.output_usd_max, 6)
 
 
+@dataclass(slots=True)
+class ChunkedFile:
+    """How one file of an ``input = "chunks"`` job is cut: its passages' count and sizes
+    (tokens estimated at the chunker's fixed characters per token), and the first two."""
+
+    file: str
+    passages: int = 0
+    tokens_min: int = 0
+    tokens_max: int = 0
+    tokens_total: int = 0
+    first: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # (span, text)
+
+    def add(self, item: WorkItem) -> None:
+        assert item.span is not None
+        tokens = -(-(item.span[1] - item.span[0]) // CHARS_PER_TOKEN)
+        self.tokens_min = tokens if not self.passages else min(self.tokens_min, tokens)
+        self.tokens_max = max(self.tokens_max, tokens)
+        self.tokens_total += tokens
+        self.passages += 1
+        if len(self.first) < 2:
+            self.first.append((item.span, item.fields["context"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "passages": self.passages,
+            "tokens_min": self.tokens_min,
+            "tokens_mean": round(self.tokens_total / max(1, self.passages), 1),
+            "tokens_max": self.tokens_max,
+            "first": [{"span": list(span), "text": text} for span, text in self.first],
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class JobPlan:
     job: str
@@ -93,10 +128,12 @@ class JobPlan:
     cost: Cost | None  # None: no [prices."<model>"]
     minutes: float  # at the provider's budget, as if the job had it to itself
     bound: str  # "requests" or "tokens": which limit sets the time
+    chunked: list[ChunkedFile] = field(default_factory=list)  # input = "chunks": first files
 
     def to_json(self) -> dict[str, Any]:
         b = self.backlog
         return {
+            **({"chunked": [c.to_json() for c in self.chunked]} if self.chunked else {}),
             "job": self.job,
             "provider": self.provider,
             "model": self.model,
@@ -218,11 +255,15 @@ def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
     url = cfg.providers[jc.provider].base_url + ENDPOINTS[jc.api]
     backlog = Backlog()
     samples: list[Sample] = []
+    chunked: list[ChunkedFile] = []
     for src, path, done in _sources(cfg, job, cp, backlog):
+        shown = ChunkedFile(src.name) if len(chunked) < CHUNKED_FILES_SHOWN else None
         try:
             total = 0
             for thing in _read(cfg, job, src, path):
                 total = thing.seq + 1
+                if shown is not None and isinstance(thing, WorkItem) and thing.span is not None:
+                    shown.add(thing)
                 if thing.seq in done:
                     continue
                 if isinstance(thing, BadLine):
@@ -248,6 +289,8 @@ def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
             backlog.failing_files[src.name] = e.reason
         except OSError:
             backlog.failing_files[src.name] = "unreadable"
+        if shown is not None and shown.passages:
+            chunked.append(shown)
     provider = cfg.providers[jc.provider]
     minutes, bound = estimate_minutes(
         backlog.requests, backlog.reserved_tokens, provider.rpm, provider.tpm
@@ -266,6 +309,7 @@ def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
         ),
         minutes=minutes,
         bound=bound,
+        chunked=chunked,
     )
 
 
@@ -329,7 +373,8 @@ def _read(cfg: Config, job: Job, src: Source, path: Path) -> Iterator[WorkItem |
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="synthd-dry-run-"))
             path = spool.utf8_copy(path, Path(tmp))
         f = stack.enter_context(spool.open_at_resume(src, path))
-        yield from items_mod.reader_for(src, f, job.config, cfg.service.max_line_bytes)
+        max_line = cfg.service.max_line_bytes
+        yield from items_mod.reader_for(src, f, job.config, max_line, job.chunk_tokens)
 
 
 # -- the human report ------------------------------------------------------------------
@@ -348,6 +393,7 @@ def render(result: DryRun) -> str:
             out.append(orjson.dumps(s.body, option=orjson.OPT_INDENT_2).decode())
         if b.requests == 0:
             out.append("-- no request to show: nothing sendable in the backlog")
+        out.extend(_render_chunked(j.chunked))
         out.append(
             f"backlog: {b.files_pending:,} files pending, {b.files_claimed:,} claimed; "
             f"{b.requests:,} requests, {b.bad_lines:,} bad lines, {b.unsendable:,} unsendable"
@@ -375,6 +421,24 @@ def render(result: DryRun) -> str:
             " retries and 429 pauses not included)"
         )
     return "\n".join(out) + "\n"
+
+
+SHOWN_CHARS = 400  # of each passage shown; --json has them whole
+
+
+def _render_chunked(files: list[ChunkedFile]) -> list[str]:
+    out = []
+    for c in files:
+        mean = c.tokens_total / max(1, c.passages)
+        out.append(
+            f"-- chunks of {c.file}: {c.passages:,} passages of ~{c.tokens_min:,} / "
+            f"{mean:,.0f} / {c.tokens_max:,} tokens (min / mean / max)"
+        )
+        for i, ((start, end), text) in enumerate(c.first, 1):
+            shown = text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " [...]"
+            out.append(f"   passage {i}, characters {start:,}-{end:,}:")
+            out.append("   | " + shown.replace("\n", "\n   | "))
+    return out
 
 
 def _duration(minutes: float) -> str:

@@ -282,7 +282,7 @@ class Feeder:
 
     def _open_source(
         self, rt: JobRuntime, src: Source
-    ) -> tuple[Any, items_mod.Reader, spool.ClaimWatch, int]:
+    ) -> tuple[Any, items_mod.Reader | items_mod.ChunkReader, spool.ClaimWatch, int]:
         """Open a claimed file where its work resumes (blocking): a UTF-16/32 file is
         made UTF-8 first."""
         path = Path(src.path)
@@ -297,7 +297,8 @@ class Feeder:
             f.close()
             raise
         max_line = self.config.service.max_line_bytes
-        return f, items_mod.reader_for(src, f, rt.job.config, max_line), watch, watch.size
+        reader = items_mod.reader_for(src, f, rt.job.config, max_line, rt.job.chunk_tokens)
+        return f, reader, watch, watch.size
 
     async def _admit_one(self, rt: JobRuntime, provider: str, thing: Thing, nbytes: int) -> None:
         """Wait for a slot and the item's bytes, then render and queue it."""

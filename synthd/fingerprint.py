@@ -35,8 +35,11 @@ class Sampling(Protocol):
     def extra(self) -> Mapping[str, Any]: ...
 
 
-def job_fingerprint(cfg: Sampling, template: str, system: str | None) -> str:
-    """A short stable hash of the template, system prompt, model and parameters.
+def job_fingerprint(
+    cfg: Sampling, template: str, system: str | None, chunks: tuple[int, int] | None = None
+) -> str:
+    """A short stable hash of the template, system prompt, model and parameters, and of
+    the passage size and overlap (tokens) of an ``input = "chunks"`` job.
 
     Filters and output settings are left out on purpose: they decide which
     completions are kept, not what the model is asked.
@@ -48,6 +51,8 @@ def job_fingerprint(cfg: Sampling, template: str, system: str | None) -> str:
         "model": cfg.model,
         "params": sampling_params(cfg),
     }
+    if chunks is not None:  # they decide the contexts; absent, other jobs' hashes stay
+        material["chunks"] = list(chunks)
     digest = hashlib.blake2b(orjson.dumps(material, option=orjson.OPT_SORT_KEYS), digest_size=8)
     return digest.hexdigest()
 

@@ -14,10 +14,12 @@ claim time, so readers only ever see UTF-8.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import BinaryIO, Protocol
 
 import orjson
 
+from synthd import chunking, extract
 from synthd.errors import InputError
 from synthd.models import BadLine, Source, WorkItem
 
@@ -74,10 +76,121 @@ class InputSettings(Protocol):
     @property
     def text_field(self) -> str: ...
 
+    @property
+    def chunk_overlap(self) -> int: ...
 
-def reader_for(src: Source, f: BinaryIO, job: InputSettings, max_line_bytes: int) -> Reader:
-    """The reader the daemon uses for ``src`` in a job configured as ``job``."""
+
+def reader_for(
+    src: Source, f: BinaryIO, job: InputSettings, max_line_bytes: int, chunk_tokens: int = 0
+) -> Reader | ChunkReader:
+    """The reader the daemon uses for ``src`` in a job configured as ``job``;
+    ``chunk_tokens`` is the job's resolved passage size (``Job.chunk_tokens``)."""
+    if job.input == "chunks":
+        reader = ChunkReader(src, f, chunk_tokens, job.chunk_overlap)
+        if kind_of(src.name, "chunks") == "jsonl":
+            reader.lines = Reader(src, f, "jsonl", job.text_field, max_line_bytes)
+        return reader
     return Reader(src, f, kind_of(src.name, job.input), job.text_field, max_line_bytes)
+
+
+class ChunkReader:
+    """Iterates the passages of one document from its resume point (``input = "chunks"``).
+
+    A passage is an item like a line: its ordinal is its index, its ``end`` the byte
+    where the next passage starts, so the checkpoint's resume point works unchanged;
+    its ``line`` is its index + 1, which keeps record ids stable when the same file is
+    dropped again. A page or a PDF is extracted first (``synthd.extract``), and the
+    offsets are then those of its text. Raises ``InputError`` while iterating.
+    """
+
+    def __init__(self, src: Source, f: BinaryIO, chunk_tokens: int, overlap_tokens: int) -> None:
+        self.src = src
+        self.f = f
+        self.chunk_tokens = chunk_tokens
+        self.overlap_tokens = overlap_tokens
+        self.lines: Reader | None = None  # a JSONL file: its records' text fields are cut
+        self._replaced = 0
+
+    @property
+    def replaced(self) -> int:
+        return self._replaced + (self.lines.replaced if self.lines is not None else 0)
+
+    def __iter__(self) -> Iterator[WorkItem | BadLine]:
+        if self.lines is not None:
+            yield from self._records(self.lines)
+            return
+        src = self.src
+        f = extract.text_stream(src.name, self.f, src.resume_offset)
+        offset = src.resume_offset
+        f.seek(0)
+        head = f.read(SNIFF_BYTES)
+        sniff(head)
+        base = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+        f.seek(base)
+        # Spans count characters from the text's start: a resume counts its done part.
+        char = chunking.chars_before(f, offset - base) if offset > base else 0
+        f.seek(max(offset, base))
+        at = chunking.Resume(src.resume_seq, char, max(offset, base))
+        blocks = chunking.blocks_of(f)
+        for c in chunking.chunks(blocks, self.chunk_tokens, self.overlap_tokens, at):
+            self._replaced += c.replaced
+            fields = {"context": c.text, "source": src.name, "line": str(c.index + 1)}
+            span = (c.start, c.end)
+            yield WorkItem(src, c.index, c.index + 1, c.next_byte, fields, None, span, c.index)
+
+    def _records(self, lines: Reader) -> Iterator[WorkItem | BadLine]:
+        """Each JSONL record's text field cut into passages, a record's passages in a row.
+
+        A passage other than its record's last has for ``end`` a byte inside its line,
+        ``line_end - (passages after it)``, which no line boundary can be: a resume
+        point there says which line to read again and how many of its passages are done.
+        """
+        src, f = self.src, self.f
+        seq, line, offset = src.resume_seq, src.resume_line, src.resume_offset
+        start = _line_start(f, offset)
+        inside = start < offset  # some of that line's passages are done, not all
+        if inside:
+            line -= 1
+        f.seek(start)
+        lines.src = replace(src, resume_seq=0, resume_line=line, resume_offset=start)
+        for thing in lines:
+            if isinstance(thing, BadLine):
+                yield replace(thing, source=src, seq=seq)
+                seq += 1
+                continue
+            text = thing.fields["context"]
+            cut = list(chunking.chunks([text], self.chunk_tokens, self.overlap_tokens))
+            if not cut:  # a field of white space alone: as a line reader would say
+                yield BadLine(src, seq, thing.line, thing.end, "missing_text", "only white space")
+                seq += 1
+                continue
+            n = len(cut)
+            if inside:  # the resume point names how many of this line's passages are done
+                seq -= n - (thing.end - offset)
+                inside = False
+            for c in cut:
+                end = thing.end - (n - 1 - c.index)
+                fields = {**thing.fields, "context": c.text}
+                span = (c.start, c.end)
+                yield WorkItem(src, seq, thing.line, end, fields, thing.meta, span, c.index)
+                seq += 1
+
+
+def _line_start(f: BinaryIO, offset: int) -> int:
+    """Where the line holding byte ``offset - 1`` starts; ``offset`` itself if that byte
+    ends a line (or ``offset`` is 0). Reads backwards a block at a time."""
+    pos = offset
+    while pos > 0:
+        step = min(_CHUNK, pos)
+        f.seek(pos - step)
+        block = f.read(step)
+        if pos == offset and block.endswith(b"\n"):
+            return offset
+        i = block.rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
 
 
 class Reader:

@@ -31,6 +31,8 @@ class WorkItem:
     end: int  # byte offset just past the item: where a resume would start
     fields: dict[str, str]
     meta: dict[str, Any] | None = None
+    span: tuple[int, int] | None = None  # a passage's characters in its text (chunks)
+    chunk: int = 0  # and its index in that text
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,13 +29,17 @@ def digest(text: str) -> int:
 
 def source_of(item: WorkItem | BadLine) -> dict[str, Any]:
     src = item.source
-    return {
+    out: dict[str, Any] = {
         "file": src.name,
         "line": item.line,
         "seq": item.seq,
         "claim": src.claim,
         "end": item.end,
     }
+    if isinstance(item, WorkItem) and item.span is not None:
+        out["chunk"] = item.chunk
+        out["span"] = list(item.span)
+    return out
 
 
 def completed(

@@ -41,3 +41,30 @@ async def test_dry_run_prompts_are_the_prompts_the_daemon_records(work: Workdir)
 
     recorded = {r["source"]["file"]: r["messages"] for r in work.lines("t")}
     assert recorded == shown
+
+
+async def test_dry_run_cuts_files_as_the_daemon_does(work: Workdir) -> None:
+    paragraphs = [
+        f"Paragraph {i}: the keeper wrote about the tide and the boats." for i in range(60)
+    ]
+    async with running_sim(SimConfig(port=0)) as sim:
+        job = simple_job("t", input='"chunks"', max_prompt_tokens=120, chunk_overlap=5)
+        cfg_path = work.write_config(sim.base_url, job)
+        spool = work.spool("t")
+        (spool / "log.txt").write_text("\n\n".join(paragraphs))
+        page = "<html><body><nav>Home | Sign in</nav><article>{}</article></body></html>"
+        body = "".join(f"<p>{p}</p>" for p in paragraphs[:20])
+        (spool / "page.html").write_text(page.format(body))
+
+        (plan,) = dryrun.plan(config.load(cfg_path), n=1000).jobs
+        shown = {(s.file, s.line): s.body["messages"] for s in plan.samples}
+        cut = {c.file: c for c in plan.chunked}
+        assert cut["log.txt"].passages + cut["page.html"].passages == plan.backlog.requests
+        assert plan.backlog.unsendable == 0  # passages fit max_prompt_tokens by default
+
+        daemon = Daemon(config.load(cfg_path), once=True, handle_signals=False)
+        assert await daemon.run() == 0
+        assert sim.stats()["requests"] == plan.backlog.requests
+
+    recorded = {(r["source"]["file"], r["source"]["line"]): r["messages"] for r in work.lines("t")}
+    assert recorded == shown

@@ -139,7 +139,8 @@ def test_a_job_on_the_default_provider_needs_one_named_default(folder: Path) -> 
                      "less than or equal to 2", id="temperature-range"),
         pytest.param(MINIMAL + 'samples = "two"\n', "jobs.q.samples", "valid integer",
                      id="samples-type"),
-        pytest.param(MINIMAL + 'input = "csv"\n', "jobs.q.input", "'file', 'lines' or 'jsonl'",
+        pytest.param(MINIMAL + 'input = "csv"\n', "jobs.q.input",
+                     "'file', 'lines', 'jsonl' or 'chunks'",
                      id="input-choice"),
         pytest.param('[provider]\nrpm = 0\n' + MINIMAL, "provider.rpm", "greater than 0",
                      id="rpm-range"),
@@ -307,3 +308,36 @@ def test_fingerprint_changes_with_template_model_and_system(folder: Path) -> Non
 )
 def test_fingerprint_ignores_filters_and_output(folder: Path, extra: str) -> None:
     assert fingerprint(folder, extra) == fingerprint(folder)
+
+
+def test_chunk_size_is_given_or_fits_the_prompt_limit(folder: Path) -> None:
+    chunks = MINIMAL + 'input = "chunks"\n'
+    assert load(write(folder, chunks)).jobs["q"].chunk_tokens == 1000
+    given = load(write(folder, chunks + "chunk_tokens = 300\nchunk_overlap = 30\n"))
+    assert given.jobs["q"].chunk_tokens == 300
+    fitted = load(write(folder, chunks + "max_prompt_tokens = 1000\n")).jobs["q"]
+    # The template and the fields' values take their share; 10 % is kept for the estimate.
+    assert 850 <= fitted.chunk_tokens < 900
+    assert load(write(folder, MINIMAL)).jobs["q"].chunk_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "problem"),
+    [
+        ("chunk_tokens = 100\nchunk_overlap = 51\n", "jobs.q.chunk_overlap", "at most half"),
+        ("max_prompt_tokens = 20\n", "jobs.q.max_prompt_tokens", "raise it or set chunk_tokens"),
+        ("chunk_tokens = 0\n", "jobs.q.chunk_tokens", "greater than 0"),
+    ],
+)
+def test_bad_chunk_settings_are_named(folder: Path, extra: str, key: str, problem: str) -> None:
+    err = load_error(write(folder, MINIMAL + 'input = "chunks"\n' + extra))
+    assert (err.key, problem in err.problem) == (key, True), err
+
+
+def test_passage_size_and_overlap_are_in_a_chunks_jobs_fingerprint(folder: Path) -> None:
+    chunks = 'input = "chunks"\n'
+    base = fingerprint(folder, chunks)
+    assert fingerprint(folder, chunks + "chunk_tokens = 1000\n") == base  # the default
+    assert fingerprint(folder, chunks + "chunk_tokens = 999\n") != base
+    assert fingerprint(folder, chunks + "chunk_overlap = 9\n") != base
+    assert fingerprint(folder) == fingerprint(folder, 'input = "lines"\n')

@@ -203,3 +203,31 @@ def test_without_state_claimed_files_are_not_counted(work: Workdir) -> None:
     # The daemon only resumes claims its checkpoint knows; nothing else is read.
     assert (t.backlog.files_claimed, t.backlog.requests) == (0, 2)
     assert not (work.path / "state" / "synthd.db").exists()
+
+
+def test_a_chunks_job_shows_how_each_file_is_cut(work: Workdir) -> None:
+    (work.path / "prompts" / "t.txt").write_text("Ask about: {{context}}")
+    (work.path / "config" / "synthd.toml").write_text(
+        '[provider]\nbase_url = "http://127.0.0.1:9/v1"\n[jobs.c]\nprompt = "prompts/t.txt"\n'
+        'model = "m"\ninput = "chunks"\nchunk_tokens = 25\n'
+    )
+    paragraphs = [f"Paragraph {i} says a few plain words about the harbour." for i in range(40)]
+    (work.spool("c") / "book.txt").write_text("\n\n".join(paragraphs))
+    (work.spool("c") / "empty.html").write_text("<html><script>menu()</script></html>")
+    cfg = config.load(work.path / "config" / "synthd.toml")
+    plan = dryrun.plan(cfg, ["c"], n=1)
+    (job,) = plan.jobs
+    (book,) = job.chunked
+    assert book.file == "book.txt"
+    assert book.passages == job.backlog.requests
+    assert book.tokens_max == 25  # 100 characters, cut after a word
+    whole = "\n\n".join(paragraphs)
+    assert [span for span, _ in book.first] == [(0, 100), (100, 200)]
+    assert [text for _, text in book.first] == [whole[:100].strip(), whole[100:200].strip()]
+    assert job.backlog.failing_files == {"empty.html": "no_text"}
+    shown = dryrun.render(plan)
+    assert f"-- chunks of book.txt: {book.passages} passages of ~" in shown
+    assert "   passage 2, characters 100-200:" in shown and "   | Paragraph 2 says" in shown
+    assert orjson.loads(orjson.dumps(plan.to_json()))["jobs"][0]["chunked"][0]["passages"] == (
+        book.passages
+    )

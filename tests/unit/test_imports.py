@@ -22,12 +22,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "synthd"
 
 PURE = frozenset(
     {
+        "synthd.chunking",
         "synthd.circuit",
         "synthd.cost",
         "synthd.request",
         "synthd.sim.stats",
         "synthd.errors",
         "synthd.exportcheck",
+        "synthd.extract",
         "synthd.filters",
         "synthd.fingerprint",
         "synthd.headers",

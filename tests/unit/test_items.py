@@ -437,3 +437,78 @@ def test_reader_never_fails_but_with_input_error(
         assert [(r.seq, r.line, r.end) for r in rest] == [
             (u.seq, u.line, u.end) for u in things[k + 1 :]
         ]
+
+
+# -- input = "chunks" --------------------------------------------------------------------
+
+
+class _Chunks:
+    input = "chunks"
+    text_field = "text"
+    chunk_overlap = 5
+
+
+def read_chunks(path: Path, src: Source | None = None) -> list[WorkItem | BadLine]:
+    """A chunks job's reading, from ``src``'s resume point, as the feeder would see it."""
+    from synthd.items import reader_for
+
+    src = src or source(path)
+    with open(path, "rb") as f:
+        f.seek(src.resume_offset)
+        return [t for t in reader_for(src, f, _Chunks(), MAX, 30) if t.seq >= src.resume_seq]
+
+
+def test_jsonl_records_are_cut_field_by_field_and_resume_inside_a_record(
+    tmp_path: Path,
+) -> None:
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        "near",
+        "the",
+        "river",
+        "bank",
+    ]
+    rows = []
+    for i in range(12):
+        text = " ".join(words[(i + j) % len(words)] for j in range(20 + 37 * i))
+        rows.append(orjson_line({"text": text, "id": i}))
+    rows.insert(3, b"\n")  # a blank line, skipped
+    rows.insert(5, b"not json\n")  # a bad line: one BadLine, one seq
+    rows.append(orjson_line({"text": "  "}))  # white space alone: a BadLine too
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(rows))
+    whole = read_chunks(path)
+    assert [t.seq for t in whole] == list(range(len(whole)))
+    items = [t for t in whole if isinstance(t, WorkItem)]
+    assert len({t.line for t in items}) == 12 and len(items) > 40
+    assert [t.reason for t in whole if isinstance(t, BadLine)] == ["invalid_json", "missing_text"]
+    ends = [t.end for t in whole]
+    assert ends == sorted(ends) and len(set(ends)) == len(ends)
+    for t in items:
+        assert t.fields["context"] and t.span is not None and t.meta is not None
+        assert t.fields["id"] == str(t.meta["id"])
+    # Resuming after any item gives exactly the rest, whatever line it falls in.
+    for k in range(1, len(whole)):
+        done = whole[k - 1]
+        src = source(path, k, done.line, done.end)
+        assert read_chunks(path, src) == [replace_src(t, src) for t in whole[k:]], k
+
+
+def orjson_line(obj: object) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj) + b"\n"
+
+
+def replace_src(t: WorkItem | BadLine, src: Source) -> WorkItem | BadLine:
+    from dataclasses import replace
+
+    return replace(t, source=src)
