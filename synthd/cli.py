@@ -113,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, log_file)
     cfg = config.load(args.config)
     crashpoints.arm(config.crash_at())
+    logs.register_secret(config.status_token())
     for name, provider in cfg.providers.items():
         key = cfg.api_key(name)
         logs.register_secret(key)

@@ -31,6 +31,9 @@ PURE = frozenset(
         "synthd.filters",
         "synthd.fingerprint",
         "synthd.headers",
+        "synthd.histogram",
+        "synthd.history",
+        "synthd.livestatus",
         "synthd.items",
         "synthd.jsonbytes",
         "synthd.models",
@@ -67,6 +70,7 @@ IO = frozenset(
         "synthd.shards",
         "synthd.spool",
         "synthd.status",
+        "synthd.statuspage",
         "synthd.writer",
         "synthd.__main__",
         "synthd.sim",
@@ -76,7 +80,16 @@ IO = frozenset(
 )
 # Neither: typed settings and observation that both sides use. ``config`` reads files and
 # the environment once at start-up; ``logs``, ``metrics`` and ``progress`` describe.
-SHELL = frozenset({"synthd", "synthd.config", "synthd.logs", "synthd.metrics", "synthd.progress"})
+SHELL = frozenset(
+    {
+        "synthd",
+        "synthd.config",
+        "synthd.logs",
+        "synthd.metrics",
+        "synthd.monitor",
+        "synthd.progress",
+    }
+)
 
 # Libraries that wait, touch the system or read the environment: never in a pure module.
 IO_LIBRARIES = frozenset(
