@@ -71,6 +71,7 @@ IO = frozenset(
         "synthd.spool",
         "synthd.status",
         "synthd.statuspage",
+        "synthd.watch",
         "synthd.writer",
         "synthd.__main__",
         "synthd.sim",
