@@ -26,13 +26,23 @@ class ProviderSample:
 
 
 @dataclass(frozen=True, slots=True)
-class Point:
-    """One interval of the chart: how long ago it ended, and its rates."""
+class Chart:
+    """A provider's intervals, oldest first, as columns (compact in JSON): for each, how
+    long before the newest sample it ended, its requests and tokens per minute, and the
+    429s in it. Built once per sample and kept: a page polling often costs one encode."""
 
-    ago_s: float
-    requests_per_min: float
-    tokens_per_min: float
-    rate_limited: int  # 429s in the interval
+    ago_s: list[float]
+    requests_per_min: list[float]
+    tokens_per_min: list[float]
+    rate_limited: list[int]
+
+    def to_json(self) -> dict[str, list[float] | list[int]]:
+        return {
+            "ago_s": self.ago_s,
+            "requests_per_min": self.requests_per_min,
+            "tokens_per_min": self.tokens_per_min,
+            "rate_limited": self.rate_limited,
+        }
 
 
 @dataclass(slots=True)
@@ -40,30 +50,37 @@ class History:
     keep: int = int(WINDOW_S / EVERY_S) + 1
     providers: dict[str, deque[ProviderSample]] = field(default_factory=dict)
     jobs: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
+    _charts: dict[str, Chart] = field(default_factory=dict)
 
     def sample_provider(self, name: str, sample: ProviderSample) -> None:
         self.providers.setdefault(name, deque(maxlen=self.keep)).append(sample)
+        self._charts.pop(name, None)
 
     def sample_job(self, name: str, at: float, items_done: int) -> None:
         self.jobs.setdefault(name, deque(maxlen=self.keep)).append((at, items_done))
 
-    def points(self, name: str, now: float) -> list[Point]:
-        """The provider's rates per interval, oldest first."""
-        samples = list(self.providers.get(name, ()))
-        out = []
+    def age_s(self, name: str, now: float) -> float | None:
+        """How long ago the provider's newest sample was taken; None before the first."""
+        samples = self.providers.get(name)
+        return round(now - samples[-1].at, 1) if samples else None
+
+    def chart(self, name: str) -> Chart:
+        """The provider's rates per interval, oldest first (cached until the next sample)."""
+        if (cached := self._charts.get(name)) is not None:
+            return cached
+        chart = Chart([], [], [], [])
+        samples = self.providers.get(name, deque())
+        newest = samples[-1].at if samples else 0.0
         for a, b in itertools.pairwise(samples):
             span_min = (b.at - a.at) / 60.0
             if span_min <= 0:
                 continue
-            out.append(
-                Point(
-                    ago_s=round(now - b.at, 1),
-                    requests_per_min=round(max(0, b.requests - a.requests) / span_min, 2),
-                    tokens_per_min=round(max(0, b.tokens - a.tokens) / span_min, 1),
-                    rate_limited=max(0, b.rate_limited - a.rate_limited),
-                )
-            )
-        return out
+            chart.ago_s.append(round(newest - b.at, 1))
+            chart.requests_per_min.append(round(max(0, b.requests - a.requests) / span_min, 1))
+            chart.tokens_per_min.append(round(max(0, b.tokens - a.tokens) / span_min))
+            chart.rate_limited.append(max(0, b.rate_limited - a.rate_limited))
+        self._charts[name] = chart
+        return chart
 
     def items_per_s(self, name: str, now: float, done_now: int) -> float:
         """The job's rate since the oldest sample within the last minute; 0 if unknown."""

@@ -129,7 +129,7 @@ def provider_json(
         "queued": p.queued,
         "rate_limited": p.rate_limited,
         "budget": None if limits is None else {"rpm": limits.rpm, "tpm": limits.tpm},
-        "chart": [asdict(pt) for pt in history.points(name, now)],
+        "chart": {**history.chart(name).to_json(), "age_s": history.age_s(name, now)},
     }
 
 

@@ -55,6 +55,16 @@ function jobRow(j) {
     num(`job.${j.job}.cost_usd`, j.cost_usd, j.cost_usd === null ? "no price" : `$${j.cost_usd.toFixed(4)}`));
 }
 
+// The chart's columns, as points; each interval's age is counted from the newest sample.
+function points(c) {
+  return c.ago_s.map((ago, i) => ({
+    ago_s: ago + (c.age_s || 0),
+    requests_per_min: c.requests_per_min[i],
+    tokens_per_min: c.tokens_per_min[i],
+    rate_limited: c.rate_limited[i],
+  }));
+}
+
 function chart(title, points, key, budget) {
   const w = 420, h = 110, pad = 4;
   const svg = document.createElementNS(SVG, "svg");
@@ -110,8 +120,8 @@ function providerBox(p) {
     ...row("budget tpm", "tpm", p.budget ? p.budget.tpm : ""));
   return el("div", { class: `provider ${state}` },
     el("div", {}, el("strong", {}, p.provider), dl),
-    chart("requests/min", p.chart, "requests_per_min", p.budget && p.budget.rpm),
-    chart("tokens/min", p.chart, "tokens_per_min", p.budget && p.budget.tpm));
+    chart("requests/min", points(p.chart), "requests_per_min", p.budget && p.budget.rpm),
+    chart("tokens/min", points(p.chart), "tokens_per_min", p.budget && p.budget.tpm));
 }
 
 function sample(s) {

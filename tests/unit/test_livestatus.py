@@ -60,9 +60,13 @@ def test_snapshot_numbers_come_from_the_counters() -> None:
     p = doc["providers"][0]
     assert (p["circuit"], p["in_flight"], p["rate_limited"]) == ("open", 3, 2)
     assert p["budget"] == {"rpm": 60.0, "tpm": 1000.0}
-    assert p["chart"] == [
-        {"ago_s": 5.0, "requests_per_min": 120.0, "tokens_per_min": 1200.0, "rate_limited": 0}
-    ]
+    assert p["chart"] == {
+        "ago_s": [0.0],
+        "age_s": 5.0,
+        "requests_per_min": [120.0],
+        "tokens_per_min": [1200],
+        "rate_limited": [0],
+    }
     assert doc["health"]["ready"] is True and doc["version"] == "9.9"
 
 
