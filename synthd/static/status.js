@@ -72,7 +72,9 @@ function chart(title, points, key, budget) {
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.setAttribute("preserveAspectRatio", "none");
   const peak = Math.max(1, ...points.map((p) => p[key]));
-  const top = Math.max(peak, budget || 0) * 1.1;
+  // A budget far above the use would flatten the line: then the use sets the scale.
+  const budgetShown = budget && budget <= 4 * peak;
+  const top = (budgetShown ? Math.max(peak, budget) : peak) * 1.15;
   const x = (ago) => pad + (w - 2 * pad) * (1 - Math.min(ago, WINDOW_S) / WINDOW_S);
   const y = (v) => h - pad - (h - 2 * pad) * (v / top);
   const line = document.createElementNS(SVG, "polyline");
@@ -81,7 +83,15 @@ function chart(title, points, key, budget) {
   line.setAttribute("stroke", "#3b82c4");
   line.setAttribute("stroke-width", "1.5");
   svg.append(line);
-  if (budget) {
+  for (const [text, anchor, at] of [["-15 min", "start", pad + 2], ["now", "end", w - pad - 2]]) {
+    const t = document.createElementNS(SVG, "text");
+    t.setAttribute("x", at);
+    t.setAttribute("y", h - pad - 4);
+    t.setAttribute("text-anchor", anchor);
+    t.textContent = text;
+    svg.append(t);
+  }
+  if (budgetShown) {
     const b = document.createElementNS(SVG, "line");
     for (const [k, v] of [["x1", pad], ["x2", w - pad], ["y1", y(budget)], ["y2", y(budget)]]) b.setAttribute(k, v);
     b.setAttribute("stroke", "#c0392b");
@@ -100,7 +110,9 @@ function chart(title, points, key, budget) {
   label.setAttribute("x", pad + 2);
   label.setAttribute("y", 12);
   const last = points.length ? points[points.length - 1][key] : 0;
-  const share = budget ? ` (${Math.round((100 * last) / budget)}% of ${fmt(budget)})` : "";
+  const share = budget
+    ? ` (${((100 * last) / budget).toFixed(budgetShown ? 0 : 2)}% of ${fmt(budget)}${budgetShown ? "" : ", off scale"})`
+    : "";
   label.textContent = `${title}: ${fmt(last)}${share}`;
   svg.append(label);
   return el("div", {}, svg);
