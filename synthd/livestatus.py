@@ -11,7 +11,7 @@ into the page.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,49 +27,59 @@ RECENT = 5  # lines kept of each kind
 TEXT_CHARS = 240  # a sample's text is cut to this on the page
 
 
+# The streams sampled: (stream in Outcome.lines, key in the page's document, the field that
+# says why, if any).
+_STREAMS = (
+    ("records", "accepted", None),
+    ("rejects", "rejected", "reason"),
+    ("dead", "dead", "kind"),
+)
+
+
 class RecentLines:
     """The last few accepted, rejected and dead-lettered lines, as committed.
 
-    ``add`` is called with each committed batch on the loop: one deque append per
-    outcome kept, no copy. The lines are only read (and cut short) when a page asks.
+    ``add`` is called with each committed batch on the loop. It looks at the batch from its
+    end and keeps a short copy (job, file, line, text cut to ``TEXT_CHARS``, reason) of at
+    most ``keep`` lines per stream: a line may hold megabytes of context, and the page must
+    not pin them.
     """
 
-    __slots__ = ("accepted", "dead", "rejected")
+    __slots__ = ("keep", "kept")
 
     def __init__(self, keep: int = RECENT) -> None:
-        self.accepted: deque[dict[str, Any]] = deque(maxlen=keep)
-        self.rejected: deque[dict[str, Any]] = deque(maxlen=keep)
-        self.dead: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.keep = keep
+        self.kept: dict[str, deque[dict[str, Any]]] = {
+            stream: deque(maxlen=keep) for stream, _, _ in _STREAMS
+        }
 
-    def add(self, outcomes: Iterable[Outcome]) -> None:
-        for o in outcomes:
-            lines = o.lines
-            if "records" in lines:
-                self.accepted.append(lines["records"][-1])
-            if "rejects" in lines:
-                self.rejected.append(lines["rejects"][-1])
-            if "dead" in lines:
-                self.dead.append(lines["dead"][-1])
+    def add(self, outcomes: Sequence[Outcome]) -> None:
+        taken: dict[str, list[dict[str, Any]]] = {stream: [] for stream, _, _ in _STREAMS}
+        missing = len(_STREAMS) * self.keep
+        for o in reversed(outcomes):
+            for stream, why in ((s, w) for s, _, w in _STREAMS if s in o.lines):
+                got = taken[stream]
+                if len(got) < self.keep:
+                    got.append(_shown(o.lines[stream][-1], why))
+                    missing -= 1
+            if not missing:
+                break
+        for stream, got in taken.items():
+            self.kept[stream].extend(reversed(got))
 
     def to_json(self) -> dict[str, list[dict[str, Any]]]:
-        def shown(line: dict[str, Any], why: str | None) -> dict[str, Any]:
-            src = line.get("source") or {}
-            text = line.get("completion") or line.get("detail") or line.get("error") or ""
-            out = {
-                "job": line.get("job"),
-                "file": src.get("file"),
-                "line": src.get("line"),
-                "text": _cut(str(text)),
-            }
-            if why is not None:
-                out["reason"] = line.get(why)
-            return out
+        """Newest first, by kind: ``accepted``, ``rejected``, ``dead``."""
+        return {key: list(reversed(self.kept[stream])) for stream, key, _ in _STREAMS}
 
-        return {
-            "accepted": [shown(x, None) for x in reversed(self.accepted)],
-            "rejected": [shown(x, "reason") for x in reversed(self.rejected)],
-            "dead": [shown(x, "kind") for x in reversed(self.dead)],
-        }
+
+def _shown(line: dict[str, Any], why: str | None) -> dict[str, Any]:
+    src = line.get("source") or {}
+    text = line.get("completion") or line.get("detail") or line.get("error") or ""
+    out = {"job": line.get("job"), "file": src.get("file"), "line": src.get("line")}
+    out["text"] = _cut(str(text))
+    if why is not None:
+        out["reason"] = line.get(why)
+    return out
 
 
 def _cut(text: str) -> str:

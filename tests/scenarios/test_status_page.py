@@ -214,5 +214,12 @@ async def test_on_loopback_the_page_is_open_and_never_shows_the_api_key(
     assert [s for s, _ in pages] == [200] * 6
     doc = orjson.loads(pages[1][1])
     assert doc["jobs"][0]["items_done"] == 5 and doc["recent"]["accepted"]
+    # The dashboard's gauges after the run: the writer's commits are timed, nothing is left.
+    m = parse_metrics(pages[4][1].decode())
+    assert m[("synthd_writer_commit_seconds_count", frozenset())] >= 1
+    assert m[("synthd_backlog_items", frozenset({("job", "q")}))] == 0
+    assert m[("synthd_output_blocked", frozenset())] == 0
+    info = frozenset({("job", "q"), ("provider", "default"), ("model", "sim-1")})
+    assert m[("synthd_job_info", info)] == 1
     for _, body in pages:
         assert KEY.encode() not in body and TOKEN.encode() not in body

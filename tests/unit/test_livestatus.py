@@ -87,3 +87,13 @@ def test_a_job_without_a_price_has_no_cost_and_an_unknown_eta() -> None:
     )
     job = doc["jobs"][0]
     assert job["cost_usd"] is None and job["eta_s"] is None and job["backlog"] == 5
+
+
+def test_recent_lines_keep_a_short_copy_not_the_line() -> None:
+    recent = RecentLines(keep=3)
+    big = {**record("q" * 5000), "context": "c" * 1_000_000, "messages": ["m" * 1_000_000]}
+    recent.add([outcome("record", {"records": [big]})])
+    recent.add([outcome("record", {"records": [record(f"later{i}")]}) for i in range(2)])
+    kept = list(recent.kept["records"])
+    assert all(set(k) == {"job", "file", "line", "text"} for k in kept)
+    assert [k["text"][:6] for k in recent.to_json()["accepted"]] == ["later1", "later0", "qqqqqq"]
