@@ -54,17 +54,22 @@ class RecentLines:
         }
 
     def add(self, outcomes: Sequence[Outcome]) -> None:
-        taken: dict[str, list[dict[str, Any]]] = {stream: [] for stream, _, _ in _STREAMS}
-        missing = len(_STREAMS) * self.keep
+        keep = self.keep
+        records: list[dict[str, Any]] = []
+        rejects: list[dict[str, Any]] = []
+        dead: list[dict[str, Any]] = []
+        # Plain membership tests per outcome: this runs on the loop for every commit.
         for o in reversed(outcomes):
-            for stream, why in ((s, w) for s, _, w in _STREAMS if s in o.lines):
-                got = taken[stream]
-                if len(got) < self.keep:
-                    got.append(_shown(o.lines[stream][-1], why))
-                    missing -= 1
-            if not missing:
+            lines = o.lines
+            if "records" in lines and len(records) < keep:
+                records.append(_shown(lines["records"][-1], None))
+            if "rejects" in lines and len(rejects) < keep:
+                rejects.append(_shown(lines["rejects"][-1], "reason"))
+            if "dead" in lines and len(dead) < keep:
+                dead.append(_shown(lines["dead"][-1], "kind"))
+            if len(records) == len(rejects) == len(dead) == keep:
                 break
-        for stream, got in taken.items():
+        for stream, got in (("records", records), ("rejects", rejects), ("dead", dead)):
             self.kept[stream].extend(reversed(got))
 
     def to_json(self) -> dict[str, list[dict[str, Any]]]:
