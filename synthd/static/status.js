@@ -33,8 +33,9 @@ function duration(s) {
 
 function jobRow(j) {
   const pct = j.progress === null ? null : Math.round(j.progress * 1000) / 10;
-  const bar = el("span", { class: "bar", title: pct === null ? "" : `${pct}%` },
-    el("span", { style: `width:${pct || 0}%` }));
+  const fill = el("span", {});
+  fill.style.width = `${pct || 0}%`; // CSSOM, not a style attribute: the page's CSP allows it
+  const bar = el("span", { class: "bar", title: pct === null ? "" : `${pct}%` }, fill);
   const reasons = Object.entries(j.rejects).map(([r, n]) =>
     el("div", { "data-k": `job.${j.job}.rejects.${r}`, "data-v": String(n) }, `${r}: ${fmt(n)}`));
   const rejected = num(`job.${j.job}.rejected`, j.rejected);

@@ -208,10 +208,16 @@ async def test_on_loopback_the_page_is_open_and_never_shows_the_api_key(
         async def everything() -> list[tuple[int, bytes]]:
             base = f"http://127.0.0.1:{daemon.http_port}"
             paths = ("/", "/api/status", "/static/status.js", "/static/status.css")
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/") as resp:
+                csp.append(resp.headers["Content-Security-Policy"])
             return [await fetch(f"{base}{p}") for p in (*paths, "/metrics", "/healthz")]
 
+        csp: list[str] = []
         pages = await run_until_file_done(daemon, everything)
     assert [s for s, _ in pages] == [200] * 6
+    # The page's Content-Security-Policy allows only the daemon itself: the Chromium test,
+    # which allows no console line, proves the page keeps to it.
+    assert csp == ["default-src 'self'; frame-ancestors 'none'; base-uri 'none'"]
     doc = orjson.loads(pages[1][1])
     assert doc["jobs"][0]["items_done"] == 5 and doc["recent"]["accepted"]
     # The dashboard's gauges after the run: the writer's commits are timed, nothing is left.
