@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import ipaddress
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -192,7 +191,14 @@ class StatusPage:
 
     async def _sampling(self, _: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(self._sample_forever(), name="status-history")
+        task.add_done_callback(_log_failure)
         yield
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # A sampler that died has been logged; the page only loses its chart, the daemon
+        # must not fail its shutdown over it.
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("status_history_failed", error=repr(exc), exc_info=exc)
