@@ -30,4 +30,6 @@ find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 cd "$work"
 "$work/venv/bin/synthd" --help >/dev/null
 "$work/venv/bin/python" -m synthd --help >/dev/null
+# The status page's assets are package data: a wheel without them serves a broken page.
+"$work/venv/bin/python" -c "from importlib import resources as r; s = r.files('synthd') / 'static'; assert all((s / n).is_file() for n in ('index.html', 'status.js', 'status.css')), 'synthd/static/ is not in the wheel'"
 echo "check-entrypoint: ok: synthd --help runs from a clean venv ($("$work/venv/bin/python" -V))"

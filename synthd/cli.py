@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--metrics-url", help="the daemon's /metrics (default: from [service] listen)"
     )
+    status.add_argument("--watch", action="store_true", help="redraw every --interval-s")
+    status.add_argument("--interval-s", type=_interval, default=2.0, help="with --watch")
+    status.add_argument("--count", type=_count, help="with --watch: stop after this many frames")
     status.set_defaults(func=_status)
 
     dry = sub.add_parser(
@@ -113,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, log_file)
     cfg = config.load(args.config)
     crashpoints.arm(config.crash_at())
+    logs.register_secret(config.status_token())
     for name, provider in cfg.providers.items():
         key = cfg.api_key(name)
         logs.register_secret(key)
@@ -174,6 +178,16 @@ def _healthcheck(args: argparse.Namespace) -> int:
         return 1
 
 
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value >= 0.1:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0.1, got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -186,6 +200,16 @@ def _status(args: argparse.Namespace) -> int:
     from synthd import config, status
 
     cfg = config.load(args.config)
+    if args.watch:
+        from synthd.watch import watch
+
+        return watch(
+            lambda: status.collect(cfg, args.metrics_url),
+            sys.stdout,
+            args.interval_s,
+            args.count,
+            args.json,
+        )
     result = status.collect(cfg, args.metrics_url)
     _print(result.to_json() if args.json else status.render(result))
     return 0

@@ -222,6 +222,12 @@ def systemd_env() -> SystemdEnv:
     return SystemdEnv(env.get("NOTIFY_SOCKET"), env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID"))
 
 
+def status_token() -> str | None:
+    """The token the status page asks for when the service listens beyond loopback
+    (``SYNTHD_STATUS_TOKEN``; see ``synthd.statuspage``); None when unset or empty."""
+    return os.environ.get("SYNTHD_STATUS_TOKEN") or None
+
+
 def crash_at() -> str | None:
     """The crash point a test armed (``SYNTHD_CRASH_AT``, see ``crashpoints``)."""
     return os.environ.get("SYNTHD_CRASH_AT") or None

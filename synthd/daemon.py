@@ -32,9 +32,11 @@ from synthd.config import Config, Job
 from synthd.errors import ConfigError, DaemonFailed, WriterFailed
 from synthd.feeder import Feeder
 from synthd.filters import FilterChain
+from synthd.livestatus import RecentLines
 from synthd.looplag import LoopLag
 from synthd.metrics import ProviderStats
 from synthd.models import Outcome, Source
+from synthd.monitor import JobInfo, Limits
 from synthd.pacer import Pacer
 from synthd.pipeline import Dispatcher, JobRuntime
 from synthd.progress import ProgressLog
@@ -86,6 +88,7 @@ class Daemon:
         self.failure: tuple[str, str] | None = None  # (task, error) that stopped the daemon
         self.loop_lag = LoopLag()
         self.pacer = Pacer()  # one for the loop: every provider's replies share its slices
+        self.recent = RecentLines()  # the last lines committed, for the status page
 
     # -- run ---------------------------------------------------------------
 
@@ -270,6 +273,17 @@ class Daemon:
             started=self.started,
             failure=lambda: self.failure,
             output_blocked=lambda: self.writer.blocked,
+            info={
+                name: JobInfo(rt.job.config.provider, rt.job.config.model)
+                for name, rt in self.jobs.items()
+            },
+            prices=self.config.prices,
+            limits=lambda: {
+                name: Limits(d.budget.rpm, d.budget.tpm) for name, d in self.dispatchers.items()
+            },
+            commit_s=self.writer.commit_s,
+            recent=self.recent,
+            status_token=config_mod.status_token(),
         )
         runner, self.http_port = await start_service(watched, listen)
         return runner
@@ -302,6 +316,7 @@ class Daemon:
                 rt.stats.records += o.records_written
                 if o.duplicates:
                     rt.stats.reject("duplicate", o.duplicates)
+        self.recent.add(outcomes)
         self.feeder.committed(outcomes)
 
     def _source_done(self, src: Source, path: str) -> None:

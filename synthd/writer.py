@@ -38,6 +38,7 @@ from synthd import crashpoints, jsonbytes, recovery, spool
 from synthd.checkpoint import Checkpoint, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
+from synthd.histogram import Histogram
 from synthd.models import Outcome, Source
 from synthd.shards import ShardStream
 
@@ -49,6 +50,8 @@ _BLOCKING_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO}
 )
 _RETRY_BLOCKED_S = 2.0
+# Seconds from a batch handed to the commit thread to it being durable (blocked time included).
+COMMIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 @dataclass(slots=True)
@@ -142,6 +145,7 @@ class Writer:
         self._idle = asyncio.Event()
         self._idle.set()
         self.blocked: str | None = None
+        self.commit_s = Histogram(COMMIT_BUCKETS_S)  # exported as synthd_writer_commit_seconds
         self.unblocked = asyncio.Event()
         self.unblocked.set()
         self._closing = False
@@ -204,7 +208,10 @@ class Writer:
         await self.wait_idle()
 
     async def _commit_until_done(self, batch: list[Outcome | SourceEnd]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         finished = await self._until_unblocked(lambda: self._commit(batch))
+        self.commit_s.observe(loop.time() - started)
         # The batch is committed; a shard the folder would not let us close keeps
         # the writer blocked (so sending stays paused) until it can be closed.
         if self._unrotated:

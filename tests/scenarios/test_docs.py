@@ -19,6 +19,8 @@ How each kind is tested:
 - ``.venv/bin/python -m pytest ARGS``: its test paths exist and its ``-k`` names a test file or
   a test.
 - ``.venv/bin/python bench/X.py ARGS``: ``--help`` runs and names every flag used.
+- ``promtool ...``: run from the checkout when installed (else the files it names exist).
+- ``synthd status --watch``: run for real with ``--count 2`` (it would redraw until Ctrl-C).
 
 A command no rule knows fails the test: a new kind of command needs a rule here.
 Links: every relative link names an existing file, and every ``#anchor`` a heading of it.
@@ -159,6 +161,8 @@ def run_synthd(words: list[str], deploy: Path) -> None:
         argv[argv.index("--config") + 1] = "config/synthd.toml"
     if argv[0] == "run" and "--once" not in argv:
         argv.append("--once")
+    if argv[0] == "status" and "--watch" in argv and "--count" not in argv:
+        argv += ["--count", "2", "--interval-s", "0.1"]  # it would redraw until Ctrl-C
     got = synthd(deploy, argv)
     assert got.returncode == 0, f"synthd {' '.join(argv)}: {got.returncode}\n{got.stderr}"
 
@@ -252,6 +256,17 @@ def check_bench(words: list[str]) -> None:
             assert w in got.stdout, f"{script.name} has no {w}"
 
 
+def check_promtool(words: list[str]) -> None:
+    """Run for real from the checkout when promtool is installed; else its files exist."""
+    for w in words[1:]:
+        if "/" in w:
+            assert (ROOT / w).is_file(), f"{w} does not exist"
+    if shutil.which("promtool") is None:
+        return
+    got = subprocess.run(words, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert got.returncode == 0, got.stdout + got.stderr
+
+
 def check(words: list[str], env: dict[str, str], deploy: Path) -> None:
     cmd = Path(words[0]).name
     if cmd == "synthd":
@@ -276,6 +291,8 @@ def check(words: list[str], env: dict[str, str], deploy: Path) -> None:
         check_pytest(words[3:])
     elif cmd == "python" and words[1].startswith("bench/"):
         check_bench(words[1:])
+    elif cmd == "promtool":
+        check_promtool(words)
     elif cmd == "tail" and words[1] == "-f":
         assert glob.glob(str(deploy / words[2])), f"nothing matches {words[2]}"
     else:

@@ -473,14 +473,14 @@ def _compose_service_names(text: str) -> list[str]:
 def test_compose_names_both_services() -> None:
     text = COMPOSE.read_text()
     assert "\t" not in text, "YAML forbids tabs for indentation"
-    assert _compose_service_names(text) == ["sim", "synthd"]
+    assert _compose_service_names(text) == ["sim", "synthd", "prometheus", "grafana"]
 
 
 def test_compose_file_wires_synthd_to_the_simulator() -> None:
     yaml = pytest.importorskip("yaml", reason="PyYAML parses compose.yaml (add pyyaml to dev)")
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) == {"sim", "synthd"}
+    assert set(services) == {"sim", "synthd", "prometheus", "grafana"}  # the last two: a profile
     sim, daemon = services["sim"], services["synthd"]
     assert sim["image"] == daemon["image"]
     assert sim["command"] == ["sim", "--host", "0.0.0.0", "--port", "8900"]

@@ -132,6 +132,8 @@ async def test_an_outage_shows_in_readyz_healthz_and_metrics(work: Workdir) -> N
                         ready = (r.status, await r.json())
                     async with http.get(f"{base}/metrics") as r:
                         metrics = await r.text()
+                    async with http.get(f"{base}/api/status") as r:
+                        page = await r.json()  # the status page's document
                 # In a thread: the daemon answering /metrics runs on this loop.
                 report = await asyncio.to_thread(status.collect, cfg, f"{base}/metrics")
                 await asyncio.wait_for(seen["file_done"].wait(), 15)
@@ -145,6 +147,9 @@ async def test_an_outage_shows_in_readyz_healthz_and_metrics(work: Workdir) -> N
     live = parse_live(metrics)
     assert live is not None and live["default"].up is False
     assert report.jobs[0].provider_up is False
+    provider = page["providers"][0]
+    assert (provider["circuit"], provider["up"], provider["outages"]) == ("open", False, 1)
+    assert page["health"]["ready"] is False
     assert "provider down" in status.render(report)
     assert len(work.lines("q")) == 20 and daemon.provider_stats["default"].up
 

@@ -33,6 +33,9 @@ PURE = frozenset(
         "synthd.filters",
         "synthd.fingerprint",
         "synthd.headers",
+        "synthd.histogram",
+        "synthd.history",
+        "synthd.livestatus",
         "synthd.items",
         "synthd.jsonbytes",
         "synthd.models",
@@ -70,6 +73,8 @@ IO = frozenset(
         "synthd.shards",
         "synthd.spool",
         "synthd.status",
+        "synthd.statuspage",
+        "synthd.watch",
         "synthd.writer",
         "synthd.__main__",
         "synthd.sim",
@@ -79,7 +84,16 @@ IO = frozenset(
 )
 # Neither: typed settings and observation that both sides use. ``config`` reads files and
 # the environment once at start-up; ``logs``, ``metrics`` and ``progress`` describe.
-SHELL = frozenset({"synthd", "synthd.config", "synthd.logs", "synthd.metrics", "synthd.progress"})
+SHELL = frozenset(
+    {
+        "synthd",
+        "synthd.config",
+        "synthd.logs",
+        "synthd.metrics",
+        "synthd.monitor",
+        "synthd.progress",
+    }
+)
 
 # Libraries that wait, touch the system or read the environment: never in a pure module.
 IO_LIBRARIES = frozenset(
