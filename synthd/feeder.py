@@ -97,6 +97,7 @@ class Feeder:
         self.writer = writer
         self.jobs = jobs
         self.once = once
+        self.resume_only = False  # a takeover: finish the claimed files, claim nothing new
         self._stop = stop
         self.slots = {
             name: asyncio.Semaphore(cfg.max_in_flight + ADMIT_AHEAD)
@@ -141,6 +142,8 @@ class Feeder:
             for src in await asyncio.to_thread(cp.active_sources, name):
                 if await asyncio.to_thread(spool.claim_happened, cp, src):
                     await self._resume_source(name, src)
+            if self.resume_only:
+                return
             scanner = Scanner(job_dir, self.config.service.settle_s)
             loop = asyncio.get_running_loop()
             stats = self.jobs[name].stats

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from synthd.config import parse_listen
 from synthd.looplag import LagCollector, LoopLag
@@ -39,6 +40,8 @@ class Watched:
     started: float  # wall-clock start, for uptime_s
     failure: Callable[[], tuple[str, str] | None]  # (task, error) that stopped the daemon
     output_blocked: Callable[[], str | None]  # why the writer cannot write, if it cannot
+    coordination: Callable[[], dict[str, object]] | None = None  # several daemons on Redis
+    collectors: list[Collector] = field(default_factory=list)  # more for /metrics
 
 
 async def start_service(watched: Watched, listen: str) -> tuple[web.AppRunner, int]:
@@ -46,6 +49,8 @@ async def start_service(watched: Watched, listen: str) -> tuple[web.AppRunner, i
     registry = CollectorRegistry()
     registry.register(StatsCollector(watched.jobs, watched.providers))
     registry.register(LagCollector(watched.loop_lag))
+    for collector in watched.collectors:
+        registry.register(collector)
 
     used = watched.providers_used
     stats: Mapping[str, ProviderStats] = watched.providers
@@ -68,6 +73,9 @@ async def start_service(watched: Watched, listen: str) -> tuple[web.AppRunner, i
                 "output_blocked": watched.output_blocked(),
                 "failure": None if failure is None else {"task": failure[0], "error": failure[1]},
                 "providers": providers(),
+                **(
+                    {} if watched.coordination is None else {"coordination": watched.coordination()}
+                ),
             },
             status=200 if failure is None else 503,
         )

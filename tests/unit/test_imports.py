@@ -48,6 +48,8 @@ PURE = frozenset(
 IO = frozenset(
     {
         "synthd.budget",
+        "synthd.coordination",
+        "synthd.sharedbudget",
         "synthd.recovery",
         "synthd.sim.run",
         "synthd.checkpoint",

@@ -1,0 +1,355 @@
+"""Several daemons on one Redis: this node's lease, the nodes alive, dead nodes taken over.
+
+Each node holds a lease, ``{synthd}:lease:<node>``, a key whose value names the process
+that holds it and whose TTL (``lease_ttl_s``) is renewed every third of it. The nodes ever
+seen are in ``{synthd}:nodes``, scored by when their lease runs out (server time), with
+what ``synthd status`` shows in ``{synthd}:node:<node>``. All these keys share the hash tag
+``{synthd}``, so one script touches them on one Redis Cluster shard.
+
+A node starts only once it holds its own lease: if another process holds it (the node
+is running elsewhere, or a survivor is finishing its work) it waits. A node that finds its
+lease taken while it runs (it was frozen past the TTL and another node took it over) stops
+at once with ``LeaseLost``: two processes must never write one node's files.
+
+When a node's lease runs out, the first survivor to take it (``takeover = true``) runs
+the dead node's recovery and finishes its claimed files *as that node* (its checkpoint,
+its shards, on the shared filesystem), then lets the lease go: exactly once rests on the
+ordinary recovery. How that run is made is the daemon's (``on_takeover``); this module
+only decides who and when. With ``takeover = false`` a dead node's files wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from synthd.budget import Budget
+from synthd.config import CoordinationConfig, ProviderConfig
+from synthd.errors import SynthdError
+from synthd.sharedbudget import REDIS_DOWN, SharedBudget
+
+log = structlog.get_logger("synthd.coordination")
+
+NODES_KEY = "{synthd}:nodes"
+_WAIT_LEASE_S = 1.0  # how often a node waiting for its own lease asks again
+_INFO_TTL_MS = 86_400_000
+
+# KEYS: lease, nodes, info. ARGV: node, holder, ttl ms, info fields (name, value)...
+# Takes or renews the lease if it is free or already this holder's. Returns {1|0, holder}.
+LEASE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[2] then return {0, cur} end
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+if #ARGV > 3 then
+  redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+  redis.call('PEXPIRE', KEYS[3], 86400000)
+end
+return {1, ARGV[2]}
+"""
+
+# KEYS: lease, nodes, info. ARGV: node, holder. Lets go of a lease this holder has.
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: nodes. Returns the nodes whose lease ran out (by the server's clock), and the live count.
+DEAD_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+return {live, dead}
+"""
+
+
+def lease_key(node: str) -> str:
+    return f"{{synthd}}:lease:{node}"
+
+
+def info_key(node: str) -> str:
+    return f"{{synthd}}:node:{node}"
+
+
+class LeaseLost(SynthdError):
+    """Another process holds this node's lease: this one must stop writing at once."""
+
+    def __init__(self, node: str, holder: str) -> None:
+        super().__init__(f"node {node}: the lease is held by {holder}; stopping")
+        self.node = node
+        self.holder = holder
+
+
+@dataclass(slots=True)
+class CoordinationStats:
+    """What ``/healthz`` and ``/metrics`` show of the coordination."""
+
+    redis_up: bool = True
+    redis_down_count: int = 0
+    mode: str = "shared"  # "shared", or on_redis_down's "pause" / "split" while down
+    nodes: int = 1
+    takeovers: int = 0
+
+
+class Coordinator:
+    """This node's Redis side: its lease, the shared budgets' health, the takeovers.
+
+    ``start`` blocks until this node holds its lease; ``run`` (a supervised task) renews it
+    and takes over dead nodes; ``close`` gives the budgets' stock and the lease back. A
+    takeover's daemon shares this coordinator (``attach`` its budgets) but not its lease.
+    """
+
+    def __init__(self, cfg: CoordinationConfig) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.redis: Redis = Redis.from_url(
+            cfg.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        self._lease: AsyncScript = self.redis.register_script(LEASE_LUA)
+        self._release: AsyncScript = self.redis.register_script(RELEASE_LUA)
+        self._dead: AsyncScript = self.redis.register_script(DEAD_LUA)
+        self.stats = CoordinationStats()
+        self.gates: list[SharedBudget] = []
+        self.started = time.time()
+        self._held: set[str] = set()  # nodes whose lease this process holds (its own first)
+
+    @property
+    def nodes(self) -> int:
+        return self.stats.nodes
+
+    # -- health, as the gates and the lease see it ---------------------------------
+
+    def redis_up(self) -> None:
+        if not self.stats.redis_up:
+            self.stats.redis_up = True
+            self.stats.mode = "shared"
+            log.warning("redis_back", node=self.node, note="shared budget again, from empty")
+
+    def redis_down(self, error: str) -> None:
+        if self.stats.redis_up:
+            self.stats.redis_up = False
+            self.stats.redis_down_count += 1
+            self.stats.mode = self.cfg.on_redis_down
+            log.error(
+                "redis_down",
+                node=self.node,
+                error=error,
+                action=self.cfg.on_redis_down,
+                nodes=self.stats.nodes,
+            )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "redis": "up" if self.stats.redis_up else "down",
+            "budget": self.stats.mode,
+            "nodes": self.stats.nodes,
+            "takeovers": self.stats.takeovers,
+        }
+
+    # -- the shared budgets ------------------------------------------------------
+
+    def attach(self, provider: str, cfg: ProviderConfig, budget: Budget) -> SharedBudget:
+        """Share ``budget`` with the other nodes (see ``synthd.sharedbudget``)."""
+        gate = SharedBudget(
+            provider,
+            cfg,
+            self.cfg,
+            self.redis,
+            self,
+            budget.paused_elsewhere,
+            budget.adopt_shared,
+        )
+        budget.gate = gate
+        self.gates.append(gate)
+        return gate
+
+    # -- the lease -----------------------------------------------------------------
+
+    def _info(self) -> list[Any]:
+        granted = sum(g.granted_requests for g in self.gates)
+        return [
+            "holder",
+            self.holder,
+            "started",
+            self.started,
+            "granted_requests",
+            granted,
+            "at",
+            time.time(),
+        ]
+
+    async def _take_lease(self, node: str, info: bool) -> tuple[bool, str]:
+        keys = [lease_key(node), NODES_KEY, info_key(node)]
+        ttl = int(self.cfg.lease_ttl_s * 1000)
+        args: list[Any] = [node, self.holder, ttl, *(self._info() if info else [])]
+        ok, holder = await self._lease(keys=keys, args=args)
+        text = holder.decode() if isinstance(holder, bytes) else str(holder)
+        return bool(ok), text
+
+    async def start(self) -> None:
+        """Wait until this node holds its own lease (Redis reachable, nobody else holding
+        it). Logs once while it waits."""
+        said = ""
+        while True:
+            try:
+                ok, holder = await self._take_lease(self.node, info=True)
+            except REDIS_DOWN as e:
+                ok, holder = False, f"redis unreachable: {e!r}"
+            if ok:
+                self._held.add(self.node)
+                log.info("lease_taken", node=self.node, ttl_s=self.cfg.lease_ttl_s)
+                return
+            if holder != said:
+                said = holder
+                log.warning("lease_wait", node=self.node, held_by=holder)
+            await asyncio.sleep(_WAIT_LEASE_S)
+
+    async def run(self, on_takeover: Callable[[str], Awaitable[None]]) -> None:
+        """Renew the leases held, count the live nodes, take over dead ones. Raises
+        ``LeaseLost`` if this node's lease was taken while it ran."""
+        every = self.cfg.lease_ttl_s / 3
+        takeovers: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._renew()
+                if self.cfg.takeover and self.stats.redis_up:
+                    for node in await self._dead_nodes():
+                        if node in self._held:
+                            continue
+                        if await self._try_take(node):
+                            task = asyncio.create_task(self._take_over(node, on_takeover))
+                            takeovers.add(task)
+                            task.add_done_callback(takeovers.discard)
+                await asyncio.sleep(every)
+        finally:
+            for task in takeovers:
+                task.cancel()
+
+    async def _renew(self) -> None:
+        for node in list(self._held):
+            try:
+                ok, holder = await self._take_lease(node, info=node == self.node)
+            except REDIS_DOWN as e:
+                self.redis_down(repr(e))
+                return
+            self.redis_up()
+            if not ok:
+                if node == self.node:
+                    raise LeaseLost(node, holder)
+                self._held.discard(node)
+                log.error("takeover_lease_lost", node=node, held_by=holder)
+
+    async def _dead_nodes(self) -> list[str]:
+        try:
+            live, dead = await self._dead(keys=[NODES_KEY], args=[])
+        except REDIS_DOWN as e:
+            self.redis_down(repr(e))
+            return []
+        self.stats.nodes = max(1, int(live))
+        return [d.decode() if isinstance(d, bytes) else str(d) for d in dead]
+
+    async def _try_take(self, node: str) -> bool:
+        try:
+            ok, _ = await self._take_lease(node, info=False)
+        except REDIS_DOWN as e:
+            self.redis_down(repr(e))
+            return False
+        if ok:
+            self._held.add(node)
+        return ok
+
+    async def _take_over(self, node: str, on_takeover: Callable[[str], Awaitable[None]]) -> None:
+        log.warning("takeover_start", node=self.node, dead_node=node)
+        self.stats.takeovers += 1
+        try:
+            await on_takeover(node)
+        except Exception as e:  # its lease runs out; another node tries again
+            self._held.discard(node)
+            log.error("takeover_failed", node=self.node, dead_node=node, error=repr(e))
+            return
+        self._held.discard(node)
+        try:
+            await self._release(
+                keys=[lease_key(node), NODES_KEY, info_key(node)], args=[node, self.holder]
+            )
+        except REDIS_DOWN as e:  # the lease runs out by itself; the next taker finds no work
+            self.redis_down(repr(e))
+        log.warning("takeover_done", node=self.node, dead_node=node)
+
+    async def close(self) -> None:
+        """Give the budgets' stock back and let this node's lease go."""
+        for gate in self.gates:
+            await gate.close()
+        if self.node in self._held:
+            self._held.discard(self.node)
+            try:
+                await self._release(
+                    keys=[lease_key(self.node), NODES_KEY, info_key(self.node)],
+                    args=[self.node, self.holder],
+                )
+            except REDIS_DOWN:
+                log.warning("lease_not_released", node=self.node, note="it runs out by itself")
+        await self.redis.aclose()
+
+
+class CoordinationCollector(Collector):
+    """The coordination's state for ``/metrics``."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    def collect(self) -> Any:
+        s = self.c.stats
+        up = GaugeMetricFamily("synthd_redis_up", "1 while Redis answers", labels=["node"])
+        up.add_metric([self.c.node], 1.0 if s.redis_up else 0.0)
+        yield up
+        mode = GaugeMetricFamily(
+            "synthd_shared_budget_mode",
+            "1 for the mode the shared budget is in (shared, pause, split)",
+            labels=["node", "mode"],
+        )
+        for m in ("shared", "pause", "split"):
+            mode.add_metric([self.c.node, m], 1.0 if s.mode == m else 0.0)
+        yield mode
+        nodes = GaugeMetricFamily("synthd_nodes", "Nodes holding a live lease", labels=["node"])
+        nodes.add_metric([self.c.node], float(s.nodes))
+        yield nodes
+        down = CounterMetricFamily("synthd_redis_down", "Times Redis was lost", labels=["node"])
+        down.add_metric([self.c.node], float(s.redis_down_count))
+        yield down
+        taken = CounterMetricFamily(
+            "synthd_takeovers", "Dead nodes whose work this node finished", labels=["node"]
+        )
+        taken.add_metric([self.c.node], float(s.takeovers))
+        yield taken
+        trips = CounterMetricFamily(
+            "synthd_shared_budget_round_trips",
+            "Calls to the shared budget in Redis",
+            labels=["provider"],
+        )
+        for g in self.c.gates:
+            trips.add_metric([g.provider], float(g.round_trips))
+        yield trips
