@@ -33,7 +33,11 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from synthd.budget import Budget
 from synthd.config import CoordinationConfig, ProviderConfig
@@ -84,6 +88,18 @@ return {live, dead}
 """
 
 
+def connect(url: str) -> Redis:
+    """A client that fails fast: one retry on a fresh connection (a restarted Redis leaves
+    the pool's connections stale), then the error, so that the caller's choice applies."""
+    return Redis.from_url(
+        url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
 def lease_key(node: str) -> str:
     return f"{{synthd}}:lease:{node}"
 
@@ -124,9 +140,7 @@ class Coordinator:
         self.cfg = cfg
         self.node = cfg.node
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.redis: Redis = Redis.from_url(
-            cfg.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-        )
+        self.redis: Redis = connect(cfg.redis_url)
         self._lease: AsyncScript = self.redis.register_script(LEASE_LUA)
         self._release: AsyncScript = self.redis.register_script(RELEASE_LUA)
         self._dead: AsyncScript = self.redis.register_script(DEAD_LUA)

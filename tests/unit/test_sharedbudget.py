@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from synthd.budget import Budget
 from synthd.config import CoordinationConfig, ProviderConfig
+from synthd.coordination import connect
 from synthd.sharedbudget import SharedBudget, provider_keys
 from tests.redisserver import RedisServer
 
@@ -39,7 +40,7 @@ async def _close_clients() -> AsyncIterator[None]:
 
 
 def client(server: RedisServer) -> Redis:
-    r = Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+    r = connect(server.url)
     _clients.append(r)
     return r
 

@@ -1,0 +1,213 @@
+"""Three daemons on one machine sharing a spool, an out folder and a budget through Redis.
+
+Each daemon is a real ``synthd run`` process with its own node name; Redis is a real
+``redis-server`` (``tests/redisserver.py``), the provider the simulator. What is checked is
+what a user relies on: every item has exactly one record, whoever processed it, when a node
+is SIGKILLed mid-run (another finishes its claimed files after its lease runs out) and when
+Redis is restarted mid-run.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from synthd.checkpoint import STATE_FILE
+from tests.helpers import Workdir, sim_process, simple_job, write_provider_config
+from tests.redisserver import RedisServer
+
+NODES = ("a", "b", "c")
+FILES = 12
+LINES = 20  # items per file: a file takes a while, so a killed node leaves claims behind
+
+
+@pytest.fixture
+def sim_url() -> Iterator[str]:
+    with sim_process("--latency-ms", "40", "--latency-spread-ms", "20", "--rpm", "3000") as url:
+        yield url
+
+
+def configure(work: Workdir, sim_url: str, redis_url: str, **coordination: Any) -> None:
+    """config/<node>.toml for each node: the same config but for ``[coordination] node``."""
+    base = write_provider_config(
+        work,
+        sim_url,
+        simple_job(input='"jsonl"'),
+        rpm=3000,
+        max_in_flight=8,
+        service_keys={"progress_interval_s": 0.5},
+    ).read_text()
+    for node in NODES:
+        keys = {"redis_url": redis_url, "node": node, "lease_ttl_s": 1, **coordination}
+        table = "\n".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in keys.items())
+        text = base.replace("[service]", f"[coordination]\n{table}\n\n[service]", 1)
+        (work.path / "config" / f"{node}.toml").write_text(text)
+
+
+def spool_items(work: Workdir) -> set[str]:
+    """FILES jsonl files of LINES items each; returns every item's (file, line) key."""
+    d = work.spool("q")
+    keys = set()
+    for f in range(FILES):
+        lines = []
+        for n in range(LINES):
+            lines.append(orjson.dumps({"text": f"Passage {f}-{n} about the harbour."}))
+            keys.add(f"f{f:02d}.jsonl:{n + 1}")
+        (d / f"f{f:02d}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    return keys
+
+
+def start(work: Workdir, node: str, *extra: str) -> subprocess.Popen[bytes]:
+    log = open(work.path / f"{node}.log", "ab")  # noqa: SIM115 - the child owns it
+    cmd = [sys.executable, "-m", "synthd", "run", "--config", f"config/{node}.toml", *extra]
+    try:
+        return subprocess.Popen(cmd, cwd=work.path, stdout=log, stderr=log)
+    finally:
+        log.close()
+
+
+def records(work: Workdir) -> list[dict[str, Any]]:
+    return work.lines("q")
+
+
+def keys_of(lines: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(f"{r['source']['file']}:{r['source']['line']}" for r in lines)
+
+
+def events(work: Workdir, node: str, event: str) -> list[dict[str, Any]]:
+    path = work.path / f"{node}.log"
+    out = []
+    for raw in path.read_bytes().splitlines():
+        if raw.startswith(b"{"):
+            line = orjson.loads(raw)
+            if line.get("event") == event:
+                out.append(line)
+    return out
+
+
+def wait_for(cond: Any, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} within {timeout_s}s"
+        time.sleep(0.1)
+
+
+def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        p.wait(timeout=30)
+
+
+def assert_exactly_once(work: Workdir, keys: set[str]) -> None:
+    lines = [*records(work), *work.lines("q", "rejects"), *work.lines("q", "dead")]
+    counts = keys_of(lines)
+    assert set(counts) == keys
+    assert [k for k, n in counts.items() if n != 1] == []
+    ids = Counter(r["id"] for r in records(work))
+    assert [i for i, n in ids.items() if n != 1] == []
+    assert sorted(p.name for p in (work.spool("q") / "done").iterdir()) == sorted(
+        f"f{f:02d}.jsonl" for f in range(FILES)
+    )
+    assert list((work.spool("q") / ".work").iterdir()) == []
+
+
+def test_three_daemons_share_the_spool_each_item_once(
+    work: Workdir, sim_url: str, redis_server: RedisServer
+) -> None:
+    configure(work, sim_url, redis_server.url)
+    keys = spool_items(work)
+    procs = {n: start(work, n, "--once") for n in NODES}
+    for p in procs.values():
+        assert p.wait(timeout=120) == 0
+    assert_exactly_once(work, keys)
+    shards = sorted(p.name for p in (work.path / "out" / "q").glob("q-*.jsonl*"))
+    # Each node writes its own shards, named for it, in the job's one folder.
+    assert {name.split("-")[1] for name in shards} <= set(NODES)
+    assert len({name.split("-")[1] for name in shards}) >= 2
+    for node in NODES:
+        assert (work.path / "state" / node / STATE_FILE).exists()
+        assert len(events(work, node, "lease_taken")) == 1
+
+
+def test_a_sigkilled_node_is_finished_by_the_others(
+    work: Workdir, sim_url: str, redis_server: RedisServer
+) -> None:
+    configure(work, sim_url, redis_server.url)
+    keys = spool_items(work)
+    procs = {n: start(work, n) for n in NODES}
+    try:
+        # Kill b once it has written records and still holds claimed files.
+        def b_busy() -> bool:
+            mine = [r for r in records(work) if r["source"]["claim"] in claims_of(work, "b")]
+            return len(mine) >= 5 and bool(claims_of(work, "b") & claimed_now(work))
+
+        wait_for(b_busy, "node b busy with claimed files")
+        procs["b"].send_signal(signal.SIGKILL)
+        procs["b"].wait(timeout=10)
+        left = claims_of(work, "b") & claimed_now(work)
+        assert left, "b held no claim when killed: the test proves nothing"
+        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+    finally:
+        stop_all(procs)
+    assert_exactly_once(work, keys)
+    takers = [n for n in ("a", "c") if events(work, n, "takeover_done")]
+    assert takers and all(
+        e["dead_node"] == "b" for n in takers for e in events(work, n, "takeover_done")
+    )
+    assert sum(len(events(work, n, "takeover_start")) for n in ("a", "c")) == 1
+
+
+def claims_of(work: Workdir, node: str) -> set[str]:
+    """The claim ids node ``node`` made, from its checkpoint."""
+    path = work.path / "state" / node / STATE_FILE
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in db.execute("SELECT claim FROM sources")}
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        db.close()
+
+
+def claimed_now(work: Workdir) -> set[str]:
+    return {p.name.split("-", 1)[0] for p in (work.spool("q") / ".work").iterdir()}
+
+
+def test_redis_restarted_mid_run_loses_and_doubles_nothing(
+    work: Workdir, sim_url: str, redis_server: RedisServer
+) -> None:
+    configure(work, sim_url, redis_server.url)
+    keys = spool_items(work)
+    procs = {n: start(work, n) for n in NODES}
+    try:
+        wait_for(lambda: len(records(work)) >= 40, "some records")
+        redis_server.stop()
+        time.sleep(1.5)
+        redis_server.start()
+        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+    finally:
+        stop_all(procs)
+    assert_exactly_once(work, keys)
+    for node in NODES:
+        assert procs[node].returncode == 0
+        downs = events(work, node, "redis_down")
+        # Logged once per change, not once per failed call.
+        assert len(downs) <= 1
+        assert len(events(work, node, "redis_back")) == len(downs)
+    assert any(events(work, n, "redis_down") for n in NODES)
+    assert not any(events(work, n, "takeover_start") for n in NODES)
