@@ -99,6 +99,10 @@ class Feeder:
         self.jobs = jobs
         self.once = once
         self.resume_only = False  # a takeover: finish the claimed files, claim nothing new
+        # Sharing the spool, a node claims more only when its senders could use it: what
+        # it holds admitted but unsent, another node could be sending.
+        self._room = max((p.max_in_flight for p in config.providers.values()), default=1)
+        self._roomy = asyncio.Event()
         self._stop = stop
         self.slots = {
             name: asyncio.Semaphore(cfg.max_in_flight + ADMIT_AHEAD)
@@ -121,6 +125,8 @@ class Feeder:
                 if held := self._held.pop((o.source.id, o.seq), 0):
                     self.budgets[provider].release(held)
         self.outstanding -= len(outcomes)
+        if self.outstanding <= self._room:
+            self._roomy.set()
         self._check_quiet()
 
     async def until_outstanding_zero(self) -> None:
@@ -150,6 +156,8 @@ class Feeder:
             stats = self.jobs[name].stats
             batch = self._claim_batch(name)
             while not self._stop.is_set():
+                if self.config.coordination is not None and not await self._has_room():
+                    continue
                 entries = await asyncio.to_thread(scanner.take, loop.time(), batch)
                 stats.bytes_unclaimed = scanner.bytes_waiting
                 if entries:
@@ -186,6 +194,16 @@ class Feeder:
             if self._stop.is_set():
                 return
             await self._stream_source(name, src, {})
+
+    async def _has_room(self) -> bool:
+        """Whether few enough items are outstanding to claim more; waits a scan interval
+        for it (or the stop) when not."""
+        if self.outstanding <= self._room:
+            return True
+        self._roomy.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._roomy.wait(), self.config.service.scan_interval_s)
+        return self.outstanding <= self._room
 
     def _claim_batch(self, name: str) -> int:
         """Files claimed at a time. Alone, many (fewer fsyncs); sharing the spool with other

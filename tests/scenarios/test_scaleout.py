@@ -138,6 +138,36 @@ def test_three_daemons_share_the_spool_each_item_once(
     for node in NODES:
         assert (work.path / "state" / node / STATE_FILE).exists()
         assert len(events(work, node, "lease_taken")) == 1
+    # status adds up every node's checkpoint; the nodes let their leases go on exit.
+    shown = status_json(work, "a")
+    assert shown["jobs"][0]["items"]["done"] == FILES * LINES
+    assert shown["nodes"] == []
+
+
+def status_json(work: Workdir, node: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "synthd", "status", "--json", "--config", f"config/{node}.toml"]
+    out = subprocess.run(cmd, cwd=work.path, capture_output=True, check=True, timeout=30)
+    result: dict[str, Any] = orjson.loads(out.stdout)
+    return result
+
+
+def test_status_shows_every_node_its_lease_and_share(
+    work: Workdir, sim_url: str, redis_server: RedisServer
+) -> None:
+    configure(work, sim_url, redis_server.url)
+    spool_items(work)
+    procs = {n: start(work, n) for n in ("a", "b")}
+    try:
+        wait_for(lambda: len(records(work)) >= 60, "some records")
+        shown = status_json(work, "c")  # any node's config reads the same Redis
+    finally:
+        stop_all(procs)
+    nodes = {n["node"]: n for n in shown["nodes"]}
+    assert set(nodes) == {"a", "b"}
+    for n in nodes.values():
+        assert 0 < n["lease_s"] <= 1.0
+        assert n["holder"] and n["granted_rpm"] > 0
+    assert abs(sum(n["share"] for n in nodes.values()) - 1.0) < 0.01
 
 
 def test_a_sigkilled_node_is_finished_by_the_others(

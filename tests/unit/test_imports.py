@@ -49,6 +49,7 @@ IO = frozenset(
     {
         "synthd.budget",
         "synthd.coordination",
+        "synthd.nodes",
         "synthd.sharedbudget",
         "synthd.recovery",
         "synthd.sim.run",
