@@ -67,12 +67,18 @@ end
 return {1, ARGV[2]}
 """
 
-# KEYS: lease, nodes, info. ARGV: node, holder. Lets go of a lease this holder has.
+# KEYS: lease, nodes, info. ARGV: node, holder, "gone" or "hand_over". Lets go of a lease
+# this holder has: the node leaves the list, or (work left) is marked dead for a takeover now.
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('DEL', KEYS[3])
+  if ARGV[3] == 'hand_over' then
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 - 1, ARGV[1])
+  else
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('DEL', KEYS[3])
+  end
   return 1
 end
 return 0
@@ -313,17 +319,21 @@ class Coordinator:
             self.redis_down(repr(e))
         log.warning("takeover_done", node=self.node, dead_node=node)
 
-    async def close(self) -> None:
-        """Give the budgets' stock back and let this node's lease go."""
+    async def close(self, work_left: bool) -> None:
+        """Give the budgets' stock back and let this node's lease go. ``work_left``: files
+        it claimed are unfinished (a drain cut short), so another node takes them over now,
+        as if it had died; else it leaves the list of nodes."""
         for gate in self.gates:
             await gate.close()
         if self.node in self._held:
             self._held.discard(self.node)
+            how = "hand_over" if work_left and self.cfg.takeover else "gone"
             try:
                 await self._release(
                     keys=[lease_key(self.node), NODES_KEY, info_key(self.node)],
-                    args=[self.node, self.holder],
+                    args=[self.node, self.holder, how],
                 )
+                log.info("lease_released", node=self.node, work_left=work_left)
             except REDIS_DOWN:
                 log.warning("lease_not_released", node=self.node, note="it runs out by itself")
         await self.redis.aclose()

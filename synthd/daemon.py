@@ -148,8 +148,9 @@ class Daemon:
             if service is not None:
                 await service.cleanup()
             self.writer.close_files()
+            work_left = self.coordinator is not None and self._work_left()
             self.checkpoint.close()
-            await self._close_coordination()
+            await self._close_coordination(work_left)
             self._log_progress(final=True)
             log.info(
                 "stopped",
@@ -167,13 +168,17 @@ class Daemon:
         if not self._takeover:  # a takeover's daemon is not what systemd started
             notify.notify(state)
 
-    async def _close_coordination(self) -> None:
+    def _work_left(self) -> bool:
+        """Whether claimed files are unfinished (blocking; the checkpoint is still open)."""
+        return any(self.checkpoint.active_sources(name) for name in self.jobs)
+
+    async def _close_coordination(self, work_left: bool) -> None:
         """Give the shared budgets' stock back; our own coordinator lets the lease go."""
         c = self.coordinator
         if c is None:
             return
         if self._own_coordinator:
-            await c.close()
+            await c.close(work_left)
             return
         for d in self.dispatchers.values():
             if d.budget.gate in c.gates:

@@ -36,7 +36,9 @@ def sim_url() -> Iterator[str]:
         yield url
 
 
-def configure(work: Workdir, sim_url: str, redis_url: str, **coordination: Any) -> None:
+def configure(
+    work: Workdir, sim_url: str, redis_url: str, grace_s: float = 30, **coordination: Any
+) -> None:
     """config/<node>.toml for each node: the same config but for ``[coordination] node``."""
     base = write_provider_config(
         work,
@@ -44,7 +46,7 @@ def configure(work: Workdir, sim_url: str, redis_url: str, **coordination: Any) 
         simple_job(input='"jsonl"'),
         rpm=3000,
         max_in_flight=8,
-        service_keys={"progress_interval_s": 0.5},
+        service_keys={"progress_interval_s": 0.5, "grace_s": grace_s},
     ).read_text()
     for node in NODES:
         keys = {"redis_url": redis_url, "node": node, "lease_ttl_s": 1, **coordination}
@@ -158,6 +160,7 @@ def test_status_shows_every_node_its_lease_and_share(
     spool_items(work)
     procs = {n: start(work, n) for n in ("a", "b")}
     try:
+        wait_for(lambda: all(events(work, n, "lease_taken") for n in procs), "both started")
         wait_for(lambda: len(records(work)) >= 60, "some records")
         shown = status_json(work, "c")  # any node's config reads the same Redis
     finally:
@@ -199,6 +202,28 @@ def test_a_sigkilled_node_is_finished_by_the_others(
     assert sum(len(events(work, n, "takeover_start")) for n in ("a", "c")) == 1
 
 
+def test_a_node_stopped_with_claims_left_hands_them_over(
+    work: Workdir, sim_url: str, redis_server: RedisServer
+) -> None:
+    """SIGTERM with no grace: the drain is cut short and claimed files are left unfinished;
+    the node lets its lease go marked for takeover, and another node finishes them."""
+    configure(work, sim_url, redis_server.url, grace_s=0)
+    keys = spool_items(work)
+    procs = {n: start(work, n) for n in ("a", "b")}
+    try:
+        wait_for(lambda: bool(claims_of(work, "a") & claimed_now(work)), "a holds a claim")
+        procs["a"].send_signal(signal.SIGTERM)
+        assert procs["a"].wait(timeout=30) == 0
+        released = events(work, "a", "lease_released")
+        assert released and released[0]["work_left"] is True
+        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+    finally:
+        stop_all(procs)
+    assert_exactly_once(work, keys)
+    assert [e["dead_node"] for e in events(work, "b", "takeover_done")] == ["a"]
+
+
 def claims_of(work: Workdir, node: str) -> set[str]:
     """The claim ids node ``node`` made, from its checkpoint."""
     path = work.path / "state" / node / STATE_FILE
@@ -214,7 +239,10 @@ def claims_of(work: Workdir, node: str) -> set[str]:
 
 
 def claimed_now(work: Workdir) -> set[str]:
-    return {p.name.split("-", 1)[0] for p in (work.spool("q") / ".work").iterdir()}
+    work_dir = work.spool("q") / ".work"
+    if not work_dir.exists():
+        return set()
+    return {p.name.split("-", 1)[0] for p in work_dir.iterdir()}
 
 
 def test_redis_restarted_mid_run_loses_and_doubles_nothing(
