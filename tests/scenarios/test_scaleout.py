@@ -9,6 +9,7 @@ Redis is restarted mid-run.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import subprocess
@@ -18,10 +19,15 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
+from synthd import config
 from synthd.checkpoint import STATE_FILE
+from synthd.daemon import Daemon
+from synthd.sim import SimConfig, running_sim
 from tests.helpers import Workdir, sim_process, simple_job, write_provider_config
 from tests.redisserver import RedisServer
 
@@ -269,3 +275,77 @@ def test_redis_restarted_mid_run_loses_and_doubles_nothing(
         assert len(events(work, node, "redis_back")) == len(downs)
     assert any(events(work, n, "redis_down") for n in NODES)
     assert not any(events(work, n, "takeover_start") for n in NODES)
+
+
+async def test_healthz_and_metrics_show_redis_down_and_the_mode(
+    work: Workdir, redis_server: RedisServer
+) -> None:
+    """In-process daemon over real sockets: Redis lost, then back, as /healthz and
+    /metrics tell it, with one log line per change."""
+    async with running_sim(SimConfig(port=0)) as sim:
+        configure(work, sim.base_url, redis_server.url)
+        text = (work.path / "config" / "a.toml").read_text()
+        text = text.replace('listen = ""', 'listen = "127.0.0.1:0"')
+        text = text.replace('on_redis_down = "pause"', "")
+        text = text.replace("[coordination]", '[coordination]\non_redis_down = "split"', 1)
+        path = work.path / "config" / "a.toml"
+        path.write_text(text)
+        daemon = Daemon(config.load(path), handle_signals=False)
+        with capture_logs() as logs:
+            task = asyncio.create_task(daemon.run())
+            await asyncio.wait_for(daemon.ready.wait(), 30)
+            base = f"http://127.0.0.1:{daemon.http_port}"
+            async with aiohttp.ClientSession() as http:
+                shown = await (await http.get(f"{base}/healthz")).json()
+                assert shown["coordination"]["redis"] == "up"
+                assert shown["coordination"]["budget"] == "shared"
+                redis_server.stop()
+                coordinator = daemon.coordinator
+                assert coordinator is not None
+                await wait_async(lambda: not coordinator.stats.redis_up)
+                shown = await (await http.get(f"{base}/healthz")).json()
+                assert shown["status"] == "ok"  # a lost Redis is not a reason to restart
+                assert shown["coordination"]["redis"] == "down"
+                assert shown["coordination"]["budget"] == "split"
+                metrics = await (await http.get(f"{base}/metrics")).text()
+                assert 'synthd_redis_up{node="a"} 0.0' in metrics
+                assert 'synthd_shared_budget_mode{mode="split",node="a"} 1.0' in metrics
+                redis_server.start()
+                await wait_async(lambda: coordinator.stats.redis_up)
+                shown = await (await http.get(f"{base}/healthz")).json()
+                assert shown["coordination"]["redis"] == "up"
+            daemon.stop()
+            assert await asyncio.wait_for(task, 30) == 0
+    downs = [e for e in logs if e["event"] == "redis_down"]
+    assert len(downs) == 1 and downs[0]["action"] == "split"
+    assert len([e for e in logs if e["event"] == "redis_back"]) == 1
+
+
+async def wait_async(cond: Any, timeout_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_a_node_whose_lease_was_taken_stops_at_once(
+    work: Workdir, sim_url: str, redis_server: RedisServer
+) -> None:
+    """A node frozen past its TTL may find its lease taken over: it must stop writing."""
+    configure(work, sim_url, redis_server.url)
+    proc = start(work, "a")
+    try:
+        wait_for(lambda: bool(events(work, "a", "lease_taken")), "a started")
+        subprocess.run(
+            ["redis-cli", "-p", str(redis_server.port), "SET", "{synthd}:lease:a", "other"],
+            check=True,
+            capture_output=True,
+        )
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    failed = events(work, "a", "daemon_failed")
+    assert failed and "lease" in failed[0]["error"]
