@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from synthd import config as config_mod
-from synthd import memory, notify
+from synthd import crashpoints, memory, notify
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
@@ -109,6 +109,8 @@ class Daemon:
             await self.coordinator.start()  # nothing of this node's is touched before
         adopted = await asyncio.to_thread(self.writer.recover)
         log.info("recovered", adopted=adopted, state=str(self.checkpoint.path))
+        if self._takeover:
+            crashpoints.hit("takeover_recovered")  # a dead node's recovery, by another node
         await self._start_dispatchers()
         writer_task = asyncio.create_task(self.writer.run(), name="writer")
         writer_task.add_done_callback(self._writer_ended)

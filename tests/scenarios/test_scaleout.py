@@ -10,6 +10,7 @@ Redis is restarted mid-run.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import subprocess
@@ -74,11 +75,16 @@ def spool_items(work: Workdir) -> set[str]:
     return keys
 
 
-def start(work: Workdir, node: str, *extra: str) -> subprocess.Popen[bytes]:
+def start(
+    work: Workdir, node: str, *extra: str, crash_at: str | None = None
+) -> subprocess.Popen[bytes]:
     log = open(work.path / f"{node}.log", "ab")  # noqa: SIM115 - the child owns it
     cmd = [sys.executable, "-m", "synthd", "run", "--config", f"config/{node}.toml", *extra]
+    env = {k: v for k, v in os.environ.items() if k != "SYNTHD_CRASH_AT"}
+    if crash_at is not None:
+        env["SYNTHD_CRASH_AT"] = crash_at
     try:
-        return subprocess.Popen(cmd, cwd=work.path, stdout=log, stderr=log)
+        return subprocess.Popen(cmd, cwd=work.path, stdout=log, stderr=log, env=env)
     finally:
         log.close()
 
@@ -206,6 +212,32 @@ def test_a_sigkilled_node_is_finished_by_the_others(
         e["dead_node"] == "b" for n in takers for e in events(work, n, "takeover_done")
     )
     assert sum(len(events(work, n, "takeover_start")) for n in ("a", "c")) == 1
+
+
+def test_a_taker_killed_mid_takeover_is_taken_over_in_turn(
+    work: Workdir, sim_url: str, redis_server: RedisServer
+) -> None:
+    """b is SIGKILLed; a takes it over and is killed itself right after b's recovery (the
+    crash point ``takeover_recovered``); c, started then, finishes both, each item once."""
+    configure(work, sim_url, redis_server.url)
+    keys = spool_items(work)
+    procs = {
+        "a": start(work, "a", crash_at="takeover_recovered:1"),
+        "b": start(work, "b"),
+    }
+    try:
+        wait_for(lambda: bool(claims_of(work, "b") & claimed_now(work)), "b holds a claim")
+        procs["b"].send_signal(signal.SIGKILL)
+        procs["b"].wait(timeout=10)
+        assert procs["a"].wait(timeout=60) == -signal.SIGKILL
+        assert [e["dead_node"] for e in events(work, "a", "takeover_start")] == ["b"]
+        procs["c"] = start(work, "c")
+        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+    finally:
+        stop_all(procs)
+    assert_exactly_once(work, keys)
+    assert sorted(e["dead_node"] for e in events(work, "c", "takeover_done")) == ["a", "b"]
 
 
 def test_a_node_stopped_with_claims_left_hands_them_over(
