@@ -44,7 +44,7 @@ from synthd.config import CoordinationConfig, ProviderConfig
 log = structlog.get_logger("synthd.sharedbudget")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-_CAPACITY_S = 0.25  # the shared bucket holds this much of the rate: the most any burst is
+_CAPACITY_S = 0.5  # the shared bucket holds this much of the rate: the most any burst is
 _RETRY_DOWN_S = 0.5  # how often a node asks again while Redis is unreachable
 _MAX_WAIT_S = 0.25  # a node never sleeps longer than this between asks (a pause may end)
 _LIMITS_TTL_MS = 3_600_000  # an adopted limit is forgotten after an hour without a word
