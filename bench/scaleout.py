@@ -6,8 +6,9 @@ enforce) and 200 ms latency, then N daemons (``--nodes``, default 1 2 4) at once
 
   shared  one spool, one out folder, one Redis (``[coordination]``): every daemon's
           budget is the whole limit, and the shared budget in Redis keeps them to it
-  split   no Redis: each daemon has its own spool (the items dealt out evenly), its own
-          out and state, and a budget of limit / N, as one would deploy without it
+  split   no Redis: each daemon has its own spool (the items dealt out evenly, or with
+          ``--deal uneven`` in proportion 1 : 2 : ... : N, as work rarely splits evenly), its
+          own out and state, and a budget of limit / N, as one would deploy without it
 
 For each it prints the requests/s the server admitted divided by the limit, over the
 steady part of the run (while a backlog exists: from the second full second until 95% of
@@ -16,7 +17,7 @@ and whether every item has exactly one outcome. The goal for ``shared``: at leas
 the limit with under 0.5% 429s at every N.
 
     .venv/bin/python bench/scaleout.py [--rpm 6000] [--seconds 30] [--nodes 1 2 4]
-        [--setup shared split] [--contexts ../shared/data/contexts.jsonl.gz]
+        [--setup shared split] [--deal even|uneven] [--contexts ../shared/data/contexts.jsonl.gz]
 
 Needs ``redis-server`` on the PATH (``make sysdeps`` installs it).
 """
@@ -114,7 +115,22 @@ def outcomes(out: Path) -> int:
     return sum(p.read_bytes().count(b"\n") for p in out.rglob("*.jsonl*"))
 
 
-def run(setup: str, nodes: int, rpm: int, seconds: float, data: Path | None) -> dict[str, Any]:
+def deal(texts: list[str], nodes: int, how: str) -> list[list[str]]:
+    """The items of each node's own spool: evenly, or node i gets a share i + 1."""
+    if how == "even":
+        return [texts[n::nodes] for n in range(nodes)]
+    weights = list(range(1, nodes + 1))
+    out, start = [], 0
+    for n, w in enumerate(weights):
+        end = len(texts) if n == nodes - 1 else start + len(texts) * w // sum(weights)
+        out.append(texts[start:end])
+        start = end
+    return out
+
+
+def run(
+    setup: str, nodes: int, rpm: int, seconds: float, data: Path | None, how: str = "even"
+) -> dict[str, Any]:
     items = int(rpm / 60 * seconds)
     texts = list(contexts(data, items))
     limits = ["--rpm", str(rpm), "--tpm", "1000000000", "--limit-window-s", "1"]
@@ -127,11 +143,12 @@ def run(setup: str, nodes: int, rpm: int, seconds: float, data: Path | None) -> 
         if setup == "shared":
             redis, redis_url = start_redis(work)
             spool(work / "spool" / "bench", texts)
+        dealt = deal(texts, nodes, how)
         for n in range(nodes):
             node = f"n{n}"
             base = work if setup == "shared" else work / node
             if setup == "split":
-                spool(base / "spool" / "bench", texts[n::nodes])
+                spool(base / "spool" / "bench", dealt[n])
             budget = rpm if setup == "shared" else rpm // nodes
             cfg = work / f"{node}.toml"
             write_config(cfg, base, url, budget, node, redis_url)
@@ -167,7 +184,7 @@ def run(setup: str, nodes: int, rpm: int, seconds: float, data: Path | None) -> 
     limited = stats["by_status"].get("429", 0)
     shutil.rmtree(work, ignore_errors=True)
     return {
-        "setup": setup,
+        "setup": setup if setup == "shared" else f"split-{how}",
         "nodes": nodes,
         "server_rpm": rpm,
         "items": items,
@@ -188,11 +205,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--setup", nargs="+", default=["shared", "split"], choices=["shared", "split"])
+    p.add_argument("--deal", choices=["even", "uneven"], default="even", help="split's items")
     p.add_argument("--contexts", type=Path)
     args = p.parse_args()
     for n in args.nodes:
         for setup in args.setup:
-            emit(run(setup, n, args.rpm, args.seconds, args.contexts))
+            emit(run(setup, n, args.rpm, args.seconds, args.contexts, args.deal))
     return 0
 
 

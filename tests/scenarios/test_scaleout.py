@@ -381,3 +381,20 @@ def test_a_node_whose_lease_was_taken_stops_at_once(
             proc.wait()
     failed = events(work, "a", "daemon_failed")
     assert failed and "lease" in failed[0]["error"]
+
+
+def test_a_429_seen_by_one_node_pauses_the_others(work: Workdir, redis_server: RedisServer) -> None:
+    """One spurious 429 (retry-after 1 s): the node that got it cuts and pauses, and so
+    does the other, which never saw it, through the shared pause key."""
+    with sim_process("--latency-ms", "40", "--spurious-429-at", "150") as url:
+        configure(work, url, redis_server.url)
+        keys = spool_items(work)
+        procs = {n: start(work, n) for n in ("a", "b")}
+        try:
+            wait_for(lambda: all(events(work, n, "lease_taken") for n in procs), "both started")
+            wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        finally:
+            stop_all(procs)
+    assert_exactly_once(work, keys)
+    cuts = {n: events(work, n, "rate_cut") for n in procs}
+    assert all(cuts.values()), cuts  # both cut their rate: one 429, seen by one node
