@@ -71,8 +71,21 @@ def spool_items(work: Workdir) -> set[str]:
         for n in range(LINES):
             lines.append(orjson.dumps({"text": f"Passage {f}-{n} about the harbour."}))
             keys.add(f"f{f:02d}.jsonl:{n + 1}")
-        (d / f"f{f:02d}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+        tmp = d / f"f{f:02d}.jsonl.tmp"  # ignored by the scanner until renamed
+        tmp.write_bytes(b"\n".join(lines) + b"\n")
+        os.replace(tmp, d / f"f{f:02d}.jsonl")
     return keys
+
+
+def start_all(work: Workdir, nodes: tuple[str, ...]) -> dict[str, subprocess.Popen[bytes]]:
+    """Start the nodes and wait until each takes work, so that all share what is spooled."""
+    procs = {n: start(work, n) for n in nodes}
+    try:
+        wait_for(lambda: all(events(work, n, "started") for n in nodes), "every node started")
+    except BaseException:
+        stop_all(procs)
+        raise
+    return procs
 
 
 def start(
@@ -140,10 +153,14 @@ def test_three_daemons_share_the_spool_each_item_once(
     work: Workdir, sim_url: str, redis_server: RedisServer
 ) -> None:
     configure(work, sim_url, redis_server.url)
-    keys = spool_items(work)
-    procs = {n: start(work, n, "--once") for n in NODES}
-    for p in procs.values():
-        assert p.wait(timeout=120) == 0
+    procs = start_all(work, NODES)
+    try:
+        keys = spool_items(work)
+        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+    finally:
+        stop_all(procs)
+    assert [p.returncode for p in procs.values()] == [0, 0, 0]
     assert_exactly_once(work, keys)
     shards = sorted(p.name for p in (work.path / "out" / "q").glob("q-*.jsonl*"))
     # Each node writes its own shards, named for it, in the job's one folder.
@@ -169,10 +186,9 @@ def test_status_shows_every_node_its_lease_and_share(
     work: Workdir, sim_url: str, redis_server: RedisServer
 ) -> None:
     configure(work, sim_url, redis_server.url)
-    spool_items(work)
-    procs = {n: start(work, n) for n in ("a", "b")}
+    procs = start_all(work, ("a", "b"))
     try:
-        wait_for(lambda: all(events(work, n, "lease_taken") for n in procs), "both started")
+        spool_items(work)
         wait_for(lambda: len(records(work)) >= 60, "some records")
         shown = status_json(work, "c")  # any node's config reads the same Redis
     finally:
@@ -386,12 +402,11 @@ def test_a_node_whose_lease_was_taken_stops_at_once(
 def test_a_429_seen_by_one_node_pauses_the_others(work: Workdir, redis_server: RedisServer) -> None:
     """One spurious 429 (retry-after 1 s): the node that got it cuts and pauses, and so
     does the other, which never saw it, through the shared pause key."""
-    with sim_process("--latency-ms", "40", "--spurious-429-at", "150") as url:
+    with sim_process("--latency-ms", "40", "--spurious-429-at", "60") as url:
         configure(work, url, redis_server.url)
-        keys = spool_items(work)
-        procs = {n: start(work, n) for n in ("a", "b")}
+        procs = start_all(work, ("a", "b"))
         try:
-            wait_for(lambda: all(events(work, n, "lease_taken") for n in procs), "both started")
+            keys = spool_items(work)
             wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
         finally:
             stop_all(procs)
