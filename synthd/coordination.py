@@ -255,8 +255,9 @@ class Coordinator:
         try:
             while True:
                 await self._renew()
-                if self.cfg.takeover and self.stats.redis_up:
-                    for node in await self._dead_nodes():
+                dead = await self._dead_nodes() if self.stats.redis_up else []  # counts too
+                if self.cfg.takeover:
+                    for node in dead:
                         if node in self._held:
                             continue
                         if await self._try_take(node):

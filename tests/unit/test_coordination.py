@@ -88,3 +88,27 @@ async def test_a_lease_taken_by_another_process_stops_the_node(
     with pytest.raises(LeaseLost):
         await asyncio.wait_for(a.run(nothing), 5)
     await a.redis.aclose()
+
+
+async def test_live_nodes_are_counted_without_takeover_too(redis_server: RedisServer) -> None:
+    """``split`` divides the limit by the nodes counted: counted whatever ``takeover`` is."""
+    a = Coordinator(CoordinationConfig(redis_url=redis_server.url, node="a", takeover=False))
+    b = coordinator(redis_server, "b", 10)
+    await a.start()
+    await b.start()
+
+    async def nothing(node: str) -> None:
+        del node
+
+    task = asyncio.create_task(a.run(nothing))
+    try:
+        for _ in range(100):
+            if a.nodes == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert a.nodes == 2
+    await a.close(work_left=False)
+    await b.close(work_left=False)
