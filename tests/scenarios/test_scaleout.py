@@ -230,6 +230,35 @@ def test_a_sigkilled_node_is_finished_by_the_others(
     assert sum(len(events(work, n, "takeover_start")) for n in ("a", "c")) == 1
 
 
+def test_without_takeover_a_dead_nodes_claims_wait_for_it(
+    work: Workdir, sim_url: str, redis_server: RedisServer
+) -> None:
+    configure(work, sim_url, redis_server.url, takeover=False)
+    keys = spool_items(work)
+    procs = {n: start(work, n) for n in ("a", "b")}
+    try:
+        wait_for(lambda: bool(claims_of(work, "b") & claimed_now(work)), "b holds a claim")
+        procs["b"].send_signal(signal.SIGKILL)
+        procs["b"].wait(timeout=10)
+        left = claims_of(work, "b") & claimed_now(work)
+        assert left, "b held no claim when killed: the test proves nothing"
+        # a finishes everything else; b's claims stay, well past b's lease (1 s).
+        wait_for(lambda: claimed_now(work) == left and not pending(work), "a idle")
+        time.sleep(3)
+        assert claims_of(work, "b") & claimed_now(work) == left
+        assert not events(work, "a", "takeover_start")
+        procs["b"] = start(work, "b")  # back: it finishes its own
+        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+    finally:
+        stop_all(procs)
+    assert_exactly_once(work, keys)
+
+
+def pending(work: Workdir) -> list[str]:
+    return [p.name for p in work.spool("q").glob("*.jsonl")]
+
+
 def test_a_taker_killed_mid_takeover_is_taken_over_in_turn(
     work: Workdir, sim_url: str, redis_server: RedisServer
 ) -> None:
