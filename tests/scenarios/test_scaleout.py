@@ -173,6 +173,15 @@ def test_three_daemons_share_the_spool_each_item_once(
     shown = status_json(work, "a")
     assert shown["jobs"][0]["items"]["done"] == FILES * LINES
     assert shown["nodes"] == []
+    # export reads every node's shards.
+    out = work.path / "ft.jsonl"
+    cmd = [sys.executable, "-m", "synthd", "export", "q", "--config", "config/b.toml"]
+    cmd += ["--format", "chat", "--out", str(out)]
+    subprocess.run(cmd, cwd=work.path, capture_output=True, check=True, timeout=60)
+    exported = out.read_bytes().count(b"\n") + out.with_name("ft.val.jsonl").read_bytes().count(
+        b"\n"
+    )
+    assert exported == FILES * LINES
 
 
 def status_json(work: Workdir, node: str) -> dict[str, Any]:
