@@ -11,7 +11,9 @@ is running elsewhere, or a survivor is finishing its work) it waits. A node that
 lease taken while it runs (it was frozen past the TTL and another node took it over) stops
 at once with ``LeaseLost``: two processes must never write one node's files.
 
-When a node's lease runs out, the first survivor to take it (``takeover = true``) runs
+When a node's lease has run out for a further TTL (a live node renews every third of it,
+so one that could not reach Redis for a moment is not taken for dead; nor is any in the two
+TTLs after Redis comes back), the first survivor to take it (``takeover = true``) runs
 the dead node's recovery and finishes its claimed files *as that node* (its checkpoint,
 its shards, on the shared filesystem), then lets the lease go: exactly once rests on the
 ordinary recovery. How that run is made is the daemon's (``on_takeover``); this module
@@ -27,6 +29,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -47,6 +50,7 @@ from synthd.sharedbudget import REDIS_DOWN, SharedBudget
 log = structlog.get_logger("synthd.coordination")
 
 NODES_KEY = "{synthd}:nodes"
+HEARTBEAT = "alive"  # in state/<node>/
 _WAIT_LEASE_S = 1.0  # how often a node waiting for its own lease asks again
 _INFO_TTL_MS = 86_400_000
 
@@ -73,8 +77,7 @@ RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
   if ARGV[3] == 'hand_over' then
-    local t = redis.call('TIME')
-    redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 - 1, ARGV[1])
+    redis.call('ZADD', KEYS[2], 0, ARGV[1])
   else
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('DEL', KEYS[3])
@@ -84,11 +87,12 @@ end
 return 0
 """
 
-# KEYS: nodes. Returns the nodes whose lease ran out (by the server's clock), and the live count.
+# KEYS: nodes. ARGV: grace ms. Returns the nodes whose lease ran out more than the grace ago
+# (by the server's clock), and the count of live ones.
 DEAD_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 return {live, dead}
 """
@@ -142,8 +146,11 @@ class Coordinator:
     takeover's daemon shares this coordinator (``attach`` its budgets) but not its lease.
     """
 
-    def __init__(self, cfg: CoordinationConfig) -> None:
+    def __init__(self, cfg: CoordinationConfig, state_root: Path | None = None) -> None:
         self.cfg = cfg
+        # ``state/<node>/alive``, touched with each renewal: the shared filesystem's word
+        # that a node lives even when Redis cannot hear from it (None: no such check).
+        self.state_root = state_root
         self.node = cfg.node
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.redis: Redis = connect(cfg.redis_url)
@@ -154,6 +161,8 @@ class Coordinator:
         self.gates: list[SharedBudget] = []
         self.started = time.time()
         self._held: set[str] = set()  # nodes whose lease this process holds (its own first)
+        self._takeover_after = 0.0  # monotonic: no takeover before (just after Redis returns)
+        self._deferred: set[str] = set()  # dead by Redis, alive by the filesystem (logged once)
 
     @property
     def nodes(self) -> int:
@@ -163,6 +172,9 @@ class Coordinator:
 
     def redis_up(self) -> None:
         if not self.stats.redis_up:
+            # Every lease may have run out while Redis was away: let the live nodes renew
+            # theirs before any is taken for dead.
+            self._takeover_after = time.monotonic() + 2 * self.cfg.lease_ttl_s
             self.stats.redis_up = True
             self.stats.mode = "shared"
             log.warning("redis_back", node=self.node, note="shared budget again, from empty")
@@ -255,8 +267,9 @@ class Coordinator:
         try:
             while True:
                 await self._renew()
+                await asyncio.to_thread(self._beat)
                 dead = await self._dead_nodes() if self.stats.redis_up else []  # counts too
-                if self.cfg.takeover:
+                if self.cfg.takeover and time.monotonic() >= self._takeover_after:
                     for node in dead:
                         if node in self._held:
                             continue
@@ -285,14 +298,47 @@ class Coordinator:
 
     async def _dead_nodes(self) -> list[str]:
         try:
-            live, dead = await self._dead(keys=[NODES_KEY], args=[])
+            grace_ms = int(self.cfg.lease_ttl_s * 1000)
+            live, dead = await self._dead(keys=[NODES_KEY], args=[grace_ms])
         except REDIS_DOWN as e:
             self.redis_down(repr(e))
             return []
         self.stats.nodes = max(1, int(live))
         return [d.decode() if isinstance(d, bytes) else str(d) for d in dead]
 
+    def _heartbeat(self, node: str) -> Path | None:
+        return None if self.state_root is None else self.state_root / node / HEARTBEAT
+
+    def _beat(self) -> None:
+        path = self._heartbeat(self.node)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+    def _alive_on_disk(self, node: str) -> bool:
+        """Whether ``node`` touched its heartbeat lately: alive, only cut off from Redis
+        (a partition), and still writing its files. Never taken over then."""
+        path = self._heartbeat(node)
+        if path is None:
+            return False
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age < 1.5 * self.cfg.lease_ttl_s  # a live node touches it every third
+
     async def _try_take(self, node: str) -> bool:
+        if await asyncio.to_thread(self._alive_on_disk, node):
+            if node not in self._deferred:
+                self._deferred.add(node)
+                log.warning(
+                    "takeover_deferred",
+                    node=self.node,
+                    dead_node=node,
+                    note="its lease ran out but it is alive on the shared filesystem",
+                )
+            return False
+        self._deferred.discard(node)
         try:
             ok, _ = await self._take_lease(node, info=False)
         except REDIS_DOWN as e:
@@ -326,6 +372,8 @@ class Coordinator:
         as if it had died; else it leaves the list of nodes."""
         for gate in self.gates:
             await gate.close()
+        if (beat := self._heartbeat(self.node)) is not None:
+            beat.unlink(missing_ok=True)  # stopped: a takeover need not wait for it to age
         if self.node in self._held:
             self._held.discard(self.node)
             how = "hand_over" if work_left and self.cfg.takeover else "gone"

@@ -72,7 +72,7 @@ class Daemon:
         # Several daemons on one Redis: our own coordinator, or (a takeover) the host's.
         self._own_coordinator = coordinator is None and config.coordination is not None
         if self._own_coordinator and config.coordination is not None:
-            coordinator = Coordinator(config.coordination)
+            coordinator = Coordinator(config.coordination, config.paths.state)
         self.coordinator = coordinator
         self._takeover = coordinator is not None and not self._own_coordinator
         self.once = once

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from synthd.config import CoordinationConfig
-from synthd.coordination import NODES_KEY, Coordinator, LeaseLost, lease_key
+from synthd.coordination import NODES_KEY, Coordinator, LeaseLost, connect, lease_key
 from tests.redisserver import RedisServer
 
 
@@ -112,3 +113,76 @@ async def test_live_nodes_are_counted_without_takeover_too(redis_server: RedisSe
     assert a.nodes == 2
     await a.close(work_left=False)
     await b.close(work_left=False)
+
+
+async def test_a_redis_stall_longer_than_the_ttl_takes_no_live_node_for_dead(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stalls for 2.5 TTLs (``CLIENT PAUSE``): when it answers again every lease looks
+    run out, but nobody takes a live node over, and nobody loses its own lease."""
+    a, b = coordinator(redis_server, "a"), coordinator(redis_server, "b")
+    await a.start()
+    await b.start()
+    taken: list[str] = []
+
+    async def take(node: str) -> None:
+        taken.append(node)
+
+    tasks = [asyncio.create_task(a.run(take)), asyncio.create_task(b.run(take))]
+    pauser = connect(redis_server.url)
+    try:
+        await asyncio.sleep(0.5)
+        await pauser.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        await asyncio.sleep(5)
+        assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pauser.aclose()
+    assert taken == []
+    await a.close(work_left=False)
+    await b.close(work_left=False)
+
+
+async def test_a_node_cut_off_from_redis_but_alive_on_disk_is_not_taken_over(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Its lease ran out (it cannot reach Redis), but it still touches its heartbeat on the
+    shared filesystem, so it may still be writing: nobody takes its files. Once the
+    heartbeat is old too, it is taken over."""
+    cfg = CoordinationConfig(redis_url=redis_server.url, node="cut", lease_ttl_s=1)
+    cut = Coordinator(cfg, tmp_path)
+    await cut.start()
+    cut._beat()
+    a = Coordinator(
+        CoordinationConfig(redis_url=redis_server.url, node="a", lease_ttl_s=1), tmp_path
+    )
+    await a.start()
+    taken: list[str] = []
+
+    async def take(node: str) -> None:
+        taken.append(node)
+
+    async def keep_beating() -> None:
+        while True:
+            cut._beat()
+            await asyncio.sleep(0.2)
+
+    beating = asyncio.create_task(keep_beating())
+    task = asyncio.create_task(a.run(take))
+    try:
+        await asyncio.sleep(3.5)  # the lease ran out 2.5 s ago: dead, by Redis alone
+        assert taken == []
+        beating.cancel()
+        for _ in range(100):
+            if taken:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        beating.cancel()
+        task.cancel()
+        await asyncio.gather(task, beating, return_exceptions=True)
+    assert taken == ["cut"]
+    await a.close(work_left=False)
+    await cut.redis.aclose()
