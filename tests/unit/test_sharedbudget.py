@@ -92,7 +92,6 @@ async def test_three_gates_together_never_exceed_the_rate(redis_server: RedisSer
     total = sum(g.granted_requests for g in gates)
     # 100 requests/s, from an empty bucket: never more than the rate since the first ask.
     assert sum(taken) <= total <= 100 * elapsed + 3
-    assert total >= 0.8 * 100 * 1.0  # and most of it was used
     assert all(t > 0 for t in taken)  # nobody starved
     # Blocks, not a round trip per request, even with the bucket the bottleneck.
     assert sum(g.round_trips for g in gates) <= 2 * sum(taken) + 10
