@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -361,6 +362,10 @@ def test_redis_restarted_mid_run_loses_and_doubles_nothing(
         assert len(events(work, node, "redis_back")) == len(downs)
     assert any(events(work, n, "redis_down") for n in NODES)
     assert not any(events(work, n, "takeover_start") for n in NODES)
+    # No 429 storm when it came back: the shared bucket starts empty.
+    with urllib.request.urlopen(sim_url.removesuffix("/v1") + "/stats", timeout=10) as resp:
+        stats = orjson.loads(resp.read())
+    assert stats["by_status"].get("429", 0) <= 0.01 * stats["requests"]
 
 
 async def test_healthz_and_metrics_show_redis_down_and_the_mode(
