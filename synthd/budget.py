@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Protocol
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -47,6 +48,19 @@ log = structlog.get_logger("synthd.budget")
 
 _SENT_WINDOW_S = 1.0  # sends measured over this long (less just after a pause)
 _RATE_STEP = 0.05  # rebuild the buckets when the rate moved by this share
+
+
+class Gate(Protocol):
+    """A budget shared with other daemons (``synthd.sharedbudget``): asked after the local
+    buckets, told what the local budget learns."""
+
+    async def take(self, tokens: int) -> None: ...
+
+    def settle(self, reserved: int, actual: int) -> None: ...
+
+    def rate_limited(self, pause_s: float) -> None: ...
+
+    def adopt(self, what: str, limit: int) -> None: ...
 
 
 # -- the async budget --------------------------------------------------------
@@ -93,6 +107,7 @@ class Budget:
         self.refunds = 0
         self.refunded_tokens = 0
         self.adopted_limits: dict[str, int] = {}
+        self.gate: Gate | None = None  # set when several daemons share this budget
 
     @property
     def token_capacity(self) -> float:
@@ -123,6 +138,8 @@ class Budget:
                 chunk = min(amount, bucket.max_rate)
                 await bucket.acquire(chunk)
                 amount -= chunk
+            if self.gate is not None:
+                await self.gate.take(tokens)
             # A 429 may have arrived while we waited for a drip: honour it too.
             await self._open.wait()
             self._record_send(loop.time(), tokens)
@@ -151,6 +168,8 @@ class Budget:
     def settle(self, reserved: int, actual: int) -> None:
         """Book the difference between a reservation and what the provider counted."""
         self._debt += actual - reserved
+        if self.gate is not None:
+            self.gate.settle(reserved, actual)
         # Credit is bounded: a run of over-estimates must not turn into a burst.
         self._debt = max(self._debt, -self._tokens.max_rate)
 
@@ -171,8 +190,28 @@ class Budget:
         now = loop.time()
         pause = retry_after_s if retry_after_s is not None else 1.0
         pause = min(max(pause, 0.0), self.cfg.retry_after_max_s)
+        cut = sent_at is None or sent_at >= self._cut_at
+        if cut and self.gate is not None:
+            self.gate.rate_limited(pause)  # once per congestion, as the cut is
+        self._pause_for(now, pause, cut)
+
+    def paused_elsewhere(self, pause_s: float) -> None:
+        """Another daemon sharing this budget saw a 429: pause, and cut as if it were ours
+        unless a pause already holds (then this congestion was already answered here)."""
+        now = asyncio.get_running_loop().time()
+        pause = min(max(pause_s, 0.0), self.cfg.retry_after_max_s)
+        self._pause_for(now, pause, cut=now >= self._paused_until)
+
+    def adopt_shared(self, rpm: float, tpm: float) -> None:
+        """Limits another daemon adopted from headers (already the lower of both)."""
+        if rpm < self.rpm or tpm < self.tpm:
+            self.rpm, self.tpm = min(self.rpm, rpm), min(self.tpm, tpm)
+            self._set_rates(self.rate_rpm, self.rate_tpm)
+
+    def _pause_for(self, now: float, pause: float, cut: bool) -> None:
+        loop = asyncio.get_running_loop()
         until = now + pause
-        if sent_at is None or sent_at >= self._cut_at:
+        if cut:
             self._cut_rates(now, pause)
         if until > self._paused_until:
             self._paused_until = until
@@ -261,6 +300,8 @@ class Budget:
     def _adopt(self, what: str, limit: int) -> None:
         if self.adopted_limits.get(what) != limit:
             self.adopted_limits[what] = limit
+            if self.gate is not None:
+                self.gate.adopt(what, limit)
             configured = self.cfg.rpm if what == "rpm" else self.cfg.tpm
             log.warning(
                 "rate_limit_adopted",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ InputKind = Literal["file", "lines", "jsonl", "chunks"]
 Transport = Literal["http", "sdk"]
 TokenAccounting = Literal["reserved", "used"]
 LongPrompt = Literal["truncate", "reject"]
+RedisDown = Literal["pause", "split"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PositiveFloat = Annotated[float, Field(gt=0)]
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class _Frozen(BaseModel):
@@ -93,6 +96,37 @@ class ServiceConfig(_Frozen):
     progress_interval_s: PositiveFloat = 5.0
     commit_interval_s: PositiveFloat = 0.05
     max_line_bytes: PositiveInt = 4_000_000
+
+
+class CoordinationConfig(_Frozen):
+    """Several daemons sharing one budget and one spool through Redis (``docs/scaleout.md``)."""
+
+    redis_url: str
+    node: str = Field(default_factory=lambda: _default_node(socket.gethostname()))
+    lease_ttl_s: Annotated[float, Field(ge=1, le=15)] = 10.0
+    takeover: bool = True
+    on_redis_down: RedisDown = "pause"
+    block_s: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("node")
+    @classmethod
+    def _node_name(cls, v: str) -> str:
+        if not _NODE_NAME.match(v):
+            raise ValueError("a node name may hold letters, digits, '_', '-', '.'")
+        return v
+
+
+def _default_node(hostname: str) -> str:
+    """The host's short name, made a valid node name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", hostname.split(".")[0]).lstrip("_.-")
+    return name or "node"
 
 
 class FiltersConfig(_Frozen):
@@ -175,6 +209,7 @@ class _FileModel(_Frozen):
     paths: PathsConfig = PathsConfig()
     service: ServiceConfig = ServiceConfig()
     prices: dict[str, Price] = Field(default_factory=dict)
+    coordination: CoordinationConfig | None = None
     jobs: dict[str, JobConfig]
 
 
@@ -201,6 +236,23 @@ class Config:
     service: ServiceConfig
     prices: dict[str, Price]
     jobs: dict[str, Job]
+    coordination: CoordinationConfig | None = None
+
+    @property
+    def node(self) -> str | None:
+        """This daemon's node name when it shares a spool with others, else None."""
+        return None if self.coordination is None else self.coordination.node
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this daemon's checkpoint lives: ``state/<node>/`` when it has a node."""
+        node = self.node
+        return self.paths.state if node is None else self.paths.state / node
+
+    def shard_prefix(self, stream: str) -> str:
+        """A stream's shard prefix: the node in it when several daemons share ``out/``."""
+        node = self.node
+        return stream if node is None else f"{stream}-{node}"
 
     def api_key(self, provider: str) -> str | None:
         """The key from the provider's variable; None when it is unset or empty."""
@@ -303,6 +355,7 @@ def _resolve(path: Path, model: _FileModel) -> Config:
         service=model.service,
         prices=model.prices,
         jobs=jobs,
+        coordination=model.coordination,
     )
 
 

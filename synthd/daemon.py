@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -25,10 +26,11 @@ from typing import Any
 import structlog
 
 from synthd import config as config_mod
-from synthd import memory, notify
+from synthd import crashpoints, memory, notify
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
+from synthd.coordination import CoordinationCollector, Coordinator
 from synthd.errors import ConfigError, DaemonFailed, WriterFailed
 from synthd.feeder import Feeder
 from synthd.filters import FilterChain
@@ -66,12 +68,20 @@ class Daemon:
         once: bool = False,
         handle_signals: bool = True,
         tune_gc: bool = False,
+        coordinator: Coordinator | None = None,
+        resume_only: bool = False,
     ) -> None:
         self.config = config
+        # Several daemons on one Redis: our own coordinator, or (a takeover) the host's.
+        self._own_coordinator = coordinator is None and config.coordination is not None
+        if self._own_coordinator and config.coordination is not None:
+            coordinator = Coordinator(config.coordination, config.paths.state)
+        self.coordinator = coordinator
+        self._takeover = coordinator is not None and not self._own_coordinator
         self.once = once
         self.handle_signals = handle_signals
         self.tune_gc = tune_gc  # the process is ours: see memory.settle_gc
-        self.checkpoint = Checkpoint(config.paths.state / STATE_FILE)
+        self.checkpoint = Checkpoint(config.state_dir / STATE_FILE)
         self.writer = Writer(config, self.checkpoint, self._committed, self._source_done)
         self.provider_stats = {name: ProviderStats() for name in config.providers}
         self.dispatchers: dict[str, Dispatcher] = {}
@@ -79,6 +89,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self.feeder = Feeder(config, self.checkpoint, self.writer, self.jobs, self._stop, once=once)
+        self.feeder.resume_only = resume_only
         self._signals = 0
         self._background: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
@@ -99,8 +110,12 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+        if self._own_coordinator and self.coordinator is not None:
+            await self.coordinator.start()  # nothing of this node's is touched before
         adopted = await asyncio.to_thread(self.writer.recover)
         log.info("recovered", adopted=adopted, state=str(self.checkpoint.path))
+        if self._takeover:
+            crashpoints.hit("takeover_recovered")  # a dead node's recovery, by another node
         await self._start_dispatchers()
         writer_task = asyncio.create_task(self.writer.run(), name="writer")
         writer_task.add_done_callback(self._writer_ended)
@@ -114,15 +129,18 @@ class Daemon:
             self._supervised(memory.release_freed_memory(), "trim"),
             self._supervised(self.loop_lag.run(), "loop_lag"),
         ]
-        if (interval := notify.watchdog_interval_s()) is not None:
+        if self._own_coordinator and self.coordinator is not None:
+            coordination = self.coordinator.run(self._take_over)
+            tickers.append(self._supervised(coordination, "coordination"))
+        if not self._takeover and (interval := notify.watchdog_interval_s()) is not None:
             tickers.append(self._supervised(self._watchdog(interval / 2), "watchdog"))
         self.ready.set()
-        notify.notify("READY=1")
+        self._notify("READY=1")
         log.info("started", jobs=list(self.jobs), once=self.once, pid=os.getpid())
         try:
             await self._until_stopped()
         finally:
-            notify.notify("STOPPING=1")
+            self._notify("STOPPING=1")
             for task in feeders:
                 task.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
@@ -137,7 +155,9 @@ class Daemon:
             if service is not None:
                 await service.cleanup()
             self.writer.close_files()
+            work_left = self.coordinator is not None and self._work_left()
             self.checkpoint.close()
+            await self._close_coordination(work_left)
             self._log_progress(final=True)
             log.info(
                 "stopped",
@@ -150,6 +170,48 @@ class Daemon:
         if writer_task.cancelled() or writer_task.exception() is not None:
             raise WriterFailed(str(self.config.paths.out), "the writer stopped; see the log")
         return 0
+
+    def _notify(self, state: str) -> None:
+        if not self._takeover:  # a takeover's daemon is not what systemd started
+            notify.notify(state)
+
+    def _work_left(self) -> bool:
+        """Whether claimed files are unfinished (blocking; the checkpoint is still open)."""
+        return any(self.checkpoint.active_sources(name) for name in self.jobs)
+
+    async def _close_coordination(self, work_left: bool) -> None:
+        """Give the shared budgets' stock back; our own coordinator lets the lease go."""
+        c = self.coordinator
+        if c is None:
+            return
+        if self._own_coordinator:
+            await c.close(work_left)
+            return
+        for d in self.dispatchers.values():
+            if d.budget.gate in c.gates:
+                c.gates.remove(d.budget.gate)
+                await d.budget.gate.close()
+
+    async def _take_over(self, node: str) -> None:
+        """Finish a dead node's claimed files as that node (its checkpoint, its shards):
+        its recovery, then its resumed files, in once mode, without claiming new ones."""
+        coord = self.config.coordination
+        assert coord is not None and self.coordinator is not None
+        as_node = dataclasses.replace(
+            self.config,
+            coordination=coord.model_copy(update={"node": node}),
+            service=self.config.service.model_copy(update={"listen": ""}),
+        )
+        if not (as_node.state_dir / STATE_FILE).exists():
+            return  # it never wrote anything here: nothing to finish
+        other = Daemon(
+            as_node,
+            once=True,
+            handle_signals=False,
+            coordinator=self.coordinator,
+            resume_only=True,
+        )
+        await other.run()
 
     def _supervised(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A long-lived task whose death, whatever the cause, is seen: see ``_task_ended``."""
@@ -256,6 +318,8 @@ class Daemon:
         for name, cfg in self.config.providers.items():
             client = make_client(cfg, self.config.api_key(name), self.pacer)
             d = Dispatcher(name, cfg, client, self.writer, self.provider_stats[name], self.pacer)
+            if self.coordinator is not None:
+                self.coordinator.attach(name, cfg, d.budget)
             await d.start()
             self.dispatchers[name] = d
         for name, job in self.config.jobs.items():
@@ -284,6 +348,10 @@ class Daemon:
             commit_s=self.writer.commit_s,
             recent=self.recent,
             status_token=config_mod.status_token(),
+            coordination=None if self.coordinator is None else self.coordinator.health,
+            collectors=[]
+            if self.coordinator is None
+            else [CoordinationCollector(self.coordinator)],
         )
         runner, self.http_port = await start_service(watched, listen)
         return runner
@@ -332,7 +400,7 @@ class Daemon:
     def _log_progress(self, final: bool = False) -> None:
         self._progress_log.log(self.jobs, "summary" if final else "progress")
         done = sum(rt.stats.items_done for rt in self.jobs.values())
-        notify.notify(f"STATUS={done} items done")
+        self._notify(f"STATUS={done} items done")
 
     async def _watchdog(self, every_s: float) -> None:
         while True:

@@ -214,7 +214,7 @@ def plan(cfg: Config, jobs: Sequence[str] = (), n: int = 5) -> DryRun:
         if name not in cfg.jobs:
             known = ", ".join(cfg.jobs)
             raise ConfigError(str(cfg.source), "jobs", f"no job named {name!r} (jobs: {known})")
-    state = cfg.paths.state / STATE_FILE
+    state = cfg.state_dir / STATE_FILE
     cp = Checkpoint(state, readonly=True) if state.exists() else None
     try:
         plans = [_plan_job(cfg, cfg.jobs[name], cp, n) for name in names]

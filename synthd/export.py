@@ -42,7 +42,7 @@ import orjson
 
 from synthd import exportcheck
 from synthd.errors import ConfigError, ExportError, Unusable
-from synthd.shards import closed_name, shard_paths
+from synthd.shards import closed_name, job_shard_paths
 
 if TYPE_CHECKING:
     from synthd.config import Config, Job
@@ -321,7 +321,7 @@ class ShardReader:
         self.torn = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        for path in shard_paths(self.folder, self.prefix):
+        for path in job_shard_paths(self.folder, self.prefix):
             f = _open_shard(path)
             if f is None:
                 continue

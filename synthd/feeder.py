@@ -48,6 +48,7 @@ ADMIT_AHEAD = 256
 # ordinary contexts of a few KB the slots bind long before it does.
 ADMIT_BYTES = 32 * 1024 * 1024
 CLAIM_BATCH = 256  # files claimed in one transaction (two directory fsyncs)
+SHARED_CLAIM_BATCH = 16  # with other nodes on the spool: claim little more than is worked on
 READ_BATCH_BYTES = 8 * 1024 * 1024  # small files read in one trip to a thread
 CHUNK_ITEMS = 256  # items of a large file read in one trip to a thread
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -97,6 +98,11 @@ class Feeder:
         self.writer = writer
         self.jobs = jobs
         self.once = once
+        self.resume_only = False  # a takeover: finish the claimed files, claim nothing new
+        # Sharing the spool, a node claims more only when its senders could use it: what
+        # it holds admitted but unsent, another node could be sending.
+        self._room = max((p.max_in_flight for p in config.providers.values()), default=1)
+        self._roomy = asyncio.Event()
         self._stop = stop
         self.slots = {
             name: asyncio.Semaphore(cfg.max_in_flight + ADMIT_AHEAD)
@@ -119,6 +125,8 @@ class Feeder:
                 if held := self._held.pop((o.source.id, o.seq), 0):
                     self.budgets[provider].release(held)
         self.outstanding -= len(outcomes)
+        if self.outstanding <= self._room:
+            self._roomy.set()
         self._check_quiet()
 
     async def until_outstanding_zero(self) -> None:
@@ -141,11 +149,16 @@ class Feeder:
             for src in await asyncio.to_thread(cp.active_sources, name):
                 if await asyncio.to_thread(spool.claim_happened, cp, src):
                     await self._resume_source(name, src)
+            if self.resume_only:
+                return
             scanner = Scanner(job_dir, self.config.service.settle_s)
             loop = asyncio.get_running_loop()
             stats = self.jobs[name].stats
+            batch = self._claim_batch(name)
             while not self._stop.is_set():
-                entries = await asyncio.to_thread(scanner.take, loop.time(), CLAIM_BATCH)
+                if self.config.coordination is not None and not await self._has_room():
+                    continue
+                entries = await asyncio.to_thread(scanner.take, loop.time(), batch)
                 stats.bytes_unclaimed = scanner.bytes_waiting
                 if entries:
                     await self._take(name, job_dir, entries)
@@ -181,6 +194,24 @@ class Feeder:
             if self._stop.is_set():
                 return
             await self._stream_source(name, src, {})
+
+    async def _has_room(self) -> bool:
+        """Whether few enough items are outstanding to claim more; waits a scan interval
+        for it (or the stop) when not."""
+        if self.outstanding <= self._room:
+            return True
+        self._roomy.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._roomy.wait(), self.config.service.scan_interval_s)
+        return self.outstanding <= self._room
+
+    def _claim_batch(self, name: str) -> int:
+        """Files claimed at a time. Alone, many (fewer fsyncs); sharing the spool with other
+        nodes, what this node works on next: a streamed file one at a time, since it is
+        read to its end before the next is claimed, and a few whole files."""
+        if self.config.coordination is None:
+            return CLAIM_BATCH
+        return SHARED_CLAIM_BATCH if self.jobs[name].job.config.input == "file" else 1
 
     def _kind(self, job: str, src: Source) -> str:
         return items_mod.kind_of(src.name, self.jobs[job].job.config.input)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from synthd import __version__
 from synthd.config import Price, parse_listen
@@ -55,6 +56,8 @@ class Watched:
     commit_s: Histogram | None = None  # the writer's commit latency
     recent: RecentLines = field(default_factory=RecentLines)
     status_token: str | None = None  # SYNTHD_STATUS_TOKEN
+    coordination: Callable[[], dict[str, object]] | None = None  # several daemons on Redis
+    collectors: list[Collector] = field(default_factory=list)  # more for /metrics
 
 
 async def start_service(watched: Watched, listen: str) -> tuple[web.AppRunner, int]:
@@ -72,6 +75,8 @@ async def start_service(watched: Watched, listen: str) -> tuple[web.AppRunner, i
             watched.commit_s,
         )
     )
+    for collector in watched.collectors:
+        registry.register(collector)
 
     used = watched.providers_used
     stats: Mapping[str, ProviderStats] = watched.providers
@@ -94,6 +99,9 @@ async def start_service(watched: Watched, listen: str) -> tuple[web.AppRunner, i
                 "output_blocked": watched.output_blocked(),
                 "failure": None if failure is None else {"task": failure[0], "error": failure[1]},
                 "providers": providers(),
+                **(
+                    {} if watched.coordination is None else {"coordination": watched.coordination()}
+                ),
             },
             status=200 if failure is None else 503,
         )

@@ -65,6 +65,20 @@ def shard_paths(folder: Path, prefix: str) -> list[Path]:
     return [folder / name for _, name in sorted(found)]
 
 
+def job_shard_paths(folder: Path, prefix: str) -> list[Path]:
+    """``shard_paths``, plus every node's (``PREFIX-NODE-000001.jsonl``: several daemons
+    sharing ``out/``, see ``synthd.coordination``): one node's after another, oldest first."""
+    node_part = re.compile(re.escape(prefix) + r"-(?:(.+)-)?(\d{6})\.jsonl(\.part)?$")
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [
+        (m.group(1) or "", int(m.group(2)), name) for name in names if (m := node_part.match(name))
+    ]
+    return [folder / name for _, _, name in sorted(found)]
+
+
 class ShardStream:
     """One stream of shards in ``folder``. Not thread-safe: one writer only."""
 

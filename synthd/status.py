@@ -26,6 +26,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from synthd import nodes as nodes_mod
 from synthd import spool
 from synthd.checkpoint import STATE_FILE, Checkpoint, JobCounts
 from synthd.config import Config, Price, parse_listen
@@ -95,15 +96,20 @@ class Status:
     metrics_url: str | None
     daemon_running: bool
     jobs: list[JobStatus]
+    shared: bool = False  # several daemons on one Redis ([coordination])
+    nodes: list[nodes_mod.NodeStatus] | None = None  # None: Redis did not answer
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "config": self.config,
             "state": self.state,
             "metrics_url": self.metrics_url,
             "daemon_running": self.daemon_running,
             "jobs": [j.to_json() for j in self.jobs],
         }
+        if self.shared:
+            out["nodes"] = None if self.nodes is None else [n.to_json() for n in self.nodes]
+        return out
 
 
 def collect(
@@ -116,7 +122,12 @@ def collect(
     cannot be read.
     """
     state = cfg.paths.state / STATE_FILE
-    counts = {c.job: c for c in read_counts(state)}
+    if cfg.coordination is not None:  # every node's checkpoint: the whole spool's figures
+        state = cfg.paths.state
+        per_node = [read_counts(path) for path in nodes_mod.state_files(state)]
+        counts = {c.job: c for c in nodes_mod.merge_counts(per_node)}
+    else:
+        counts = {c.job: c for c in read_counts(state)}
     url = metrics_url if metrics_url is not None else default_metrics_url(cfg.service.listen)
     live = read_live(url, timeout_s) if url else None
     names = list(cfg.jobs) + sorted(set(counts) - set(cfg.jobs))
@@ -148,7 +159,10 @@ def collect(
                 ),
             )
         )
-    return Status(str(cfg.source), str(state), url, live is not None, jobs)
+    if cfg.coordination is None:
+        return Status(str(cfg.source), str(state), url, live is not None, jobs)
+    nodes = nodes_mod.read_nodes(cfg.coordination)
+    return Status(str(cfg.source), str(state), url, live is not None, jobs, True, nodes)
 
 
 def read_counts(state: Path) -> list[JobCounts]:
@@ -275,6 +289,8 @@ def render(status: Status) -> str:
         )
     if any(j.in_flight is not None for j in status.jobs):
         lines.append("in flight and queued are per provider: jobs on one provider share them")
+    if status.shared:
+        lines.extend(nodes_mod.render(status.nodes))
     unknown = [j.job for j in status.jobs if j.model is None]
     if unknown:
         lines.append(f"in the checkpoint but not in the config: {', '.join(unknown)}")

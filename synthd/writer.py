@@ -134,9 +134,15 @@ class Writer:
             out = config.paths.out / name
             o = job.config.output
             self.streams[name] = {
-                "records": ShardStream(out, name, o.shard_max_records, o.shard_max_bytes),
-                "rejects": ShardStream(out / "rejects", "rejects", 1_000_000, o.shard_max_bytes),
-                "dead": ShardStream(out / "dead-letter", "dead", 1_000_000, o.shard_max_bytes),
+                "records": ShardStream(
+                    out, config.shard_prefix(name), o.shard_max_records, o.shard_max_bytes
+                ),
+                "rejects": ShardStream(
+                    out / "rejects", config.shard_prefix("rejects"), 1_000_000, o.shard_max_bytes
+                ),
+                "dead": ShardStream(
+                    out / "dead-letter", config.shard_prefix("dead"), 1_000_000, o.shard_max_bytes
+                ),
             }
         self._key = {s: (job, kind) for job, ss in self.streams.items() for kind, s in ss.items()}
         self.progress: dict[int, Progress] = {}

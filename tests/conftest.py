@@ -10,6 +10,7 @@ import structlog
 
 from synthd import spool
 from tests.helpers import Workdir, sim_process, simple_job, write_provider_config
+from tests.redisserver import redis_server  # noqa: F401 - the fixture, for every test
 
 # Re-exported: tests written before helpers.py import these from here.
 __all__ = ["Workdir", "sim_process", "simple_job", "write_provider_config"]

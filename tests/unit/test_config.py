@@ -341,3 +341,42 @@ def test_passage_size_and_overlap_are_in_a_chunks_jobs_fingerprint(folder: Path)
     assert fingerprint(folder, chunks + "chunk_tokens = 999\n") != base
     assert fingerprint(folder, chunks + "chunk_overlap = 9\n") != base
     assert fingerprint(folder) == fingerprint(folder, 'input = "lines"\n')
+def test_without_coordination_nothing_is_named_for_a_node(folder: Path) -> None:
+    cfg = load(write(folder, MINIMAL))
+    assert cfg.coordination is None and cfg.node is None
+    assert cfg.state_dir == Path("state")
+    assert cfg.shard_prefix("q") == "q"
+
+
+def test_coordination_names_state_and_shards_for_the_node(folder: Path) -> None:
+    text = '[coordination]\nredis_url = "redis://127.0.0.1:6379/0"\nnode = "web-1"\n' + MINIMAL
+    cfg = load(write(folder, text))
+    assert cfg.coordination is not None
+    assert cfg.coordination.lease_ttl_s <= 15
+    assert cfg.coordination.takeover is True
+    assert cfg.coordination.on_redis_down == "pause"
+    assert cfg.state_dir == Path("state") / "web-1"
+    assert cfg.shard_prefix("q") == "q-web-1"
+
+
+def test_the_default_node_is_the_short_hostname(folder: Path) -> None:
+    cfg = load(write(folder, '[coordination]\nredis_url = "redis://h:1"\n' + MINIMAL))
+    assert cfg.node and "." not in cfg.node and " " not in cfg.node
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "problem"),
+    [
+        ('redis_url = "http://h"', "coordination.redis_url", "redis://"),
+        ('redis_url = "redis://h"\nnode = "a/b"', "coordination.node", "a node name"),
+        ('redis_url = "redis://h"\nlease_ttl_s = 60', "coordination.lease_ttl_s", "15"),
+        ('redis_url = "redis://h"\non_redis_down = "ignore"', "coordination.on_redis_down", ""),
+        ("node = 'a'", "coordination.redis_url", "required"),
+    ],
+)
+def test_a_wrong_coordination_names_the_key(
+    folder: Path, table: str, key: str, problem: str
+) -> None:
+    err = load_error(write(folder, f"[coordination]\n{table}\n" + MINIMAL))
+    assert err.key == key
+    assert problem in err.problem

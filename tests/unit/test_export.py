@@ -191,7 +191,7 @@ def test_a_part_shard_closed_after_listing_is_read_under_its_final_name(
     folder = deploy / "out" / "qa"
     listed = [folder / "qa-000001.jsonl", folder / "qa-000002.jsonl.part"]
     (folder / "qa-000002.jsonl.part").rename(folder / "qa-000002.jsonl")  # the daemon rotated
-    monkeypatch.setattr("synthd.export.shard_paths", lambda folder, prefix: listed)
+    monkeypatch.setattr("synthd.export.job_shard_paths", lambda folder, prefix: listed)
     lines = list(ShardReader(folder, "qa"))
     assert [orjson.loads(raw)["id"] for raw in lines] == ["r1", "r2", "r3", "r4"]
 

@@ -53,6 +53,9 @@ PURE = frozenset(
 IO = frozenset(
     {
         "synthd.budget",
+        "synthd.coordination",
+        "synthd.nodes",
+        "synthd.sharedbudget",
         "synthd.recovery",
         "synthd.sim.run",
         "synthd.checkpoint",

@@ -228,3 +228,31 @@ def test_truncate_to_also_forgets_the_undone_records(
     s.truncate_to(before)
     assert s.records == 1
     assert not s.full
+
+
+def test_a_jobs_shards_include_every_nodes(tmp_path: Path) -> None:
+    """A consumer reading a job finds the shards of every node that wrote to ``out/``."""
+    from synthd.shards import job_shard_paths, shard_paths
+
+    for name in (
+        "q-000002.jsonl",
+        "q-000001.jsonl",
+        "q-b-000001.jsonl.part",
+        "q-a-000002.jsonl",
+        "q-a-000001.jsonl",
+        "q-web-1-000001.jsonl",
+        "other-000001.jsonl",
+        "q-000001.jsonl.tmp",
+    ):
+        (tmp_path / name).write_text("")
+    got = [p.name for p in job_shard_paths(tmp_path, "q")]
+    assert got == [
+        "q-000001.jsonl",
+        "q-000002.jsonl",
+        "q-a-000001.jsonl",
+        "q-a-000002.jsonl",
+        "q-b-000001.jsonl.part",
+        "q-web-1-000001.jsonl",
+    ]
+    # A single daemon's stream is still only its own.
+    assert [p.name for p in shard_paths(tmp_path, "q")] == ["q-000001.jsonl", "q-000002.jsonl"]
