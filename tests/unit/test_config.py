@@ -341,6 +341,8 @@ def test_passage_size_and_overlap_are_in_a_chunks_jobs_fingerprint(folder: Path)
     assert fingerprint(folder, chunks + "chunk_tokens = 999\n") != base
     assert fingerprint(folder, chunks + "chunk_overlap = 9\n") != base
     assert fingerprint(folder) == fingerprint(folder, 'input = "lines"\n')
+
+
 def test_without_coordination_nothing_is_named_for_a_node(folder: Path) -> None:
     cfg = load(write(folder, MINIMAL))
     assert cfg.coordination is None and cfg.node is None
