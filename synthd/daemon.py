@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from synthd import config as config_mod
-from synthd import memory, notify
+from synthd import handoff, memory, notify
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
@@ -103,7 +103,7 @@ class Daemon:
         if self.tune_gc:
             frozen = memory.settle_gc()
             log.info("gc_frozen", objects=frozen, thresholds=list(memory.GC_THRESHOLDS))
-        feeders = [self._supervised(self.feeder.feed(name), f"feed-{name}") for name in self.jobs]
+        feeders = [self._supervised(self._feed(name), f"feed-{name}") for name in self.jobs]
         tickers = [
             self._supervised(self._progress(), "progress"),
             self._supervised(memory.release_freed_memory(), "trim"),
@@ -145,6 +145,12 @@ class Daemon:
         if writer_task.cancelled() or writer_task.exception() is not None:
             raise WriterFailed(str(self.config.paths.out), "the writer stopped; see the log")
         return 0
+
+    def _feed(self, name: str) -> Coroutine[Any, Any, None]:
+        """A job's feeder: the spool's, or its upstream job's records (a pipeline stage)."""
+        if self.config.jobs[name].config.from_ is not None:
+            return handoff.feed_stage(self.feeder, name)
+        return self.feeder.feed(name)
 
     def _supervised(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A long-lived task whose death, whatever the cause, is seen: see ``_task_ended``."""
@@ -285,6 +291,10 @@ class Daemon:
             if rt is None or job.config.provider != rt.job.config.provider:
                 log.warning("reload_skipped_job", job=name, note="new jobs need a restart")
                 continue
+            was = rt.job.config
+            if (job.config.from_, job.config.per) != (was.from_, was.per):
+                log.warning("reload_skipped_job", job=name, note="from and per need a restart")
+                continue
             if job.fingerprint != rt.job.fingerprint or job.config != rt.job.config:
                 rt.reload(job, _filters(job))
                 changed.append(name)
@@ -324,4 +334,4 @@ class Daemon:
 
 
 def _filters(job: Job) -> FilterChain:
-    return FilterChain(job.config.filters, job.schema)
+    return FilterChain(job.config.filters, job.schema, job.config.judge)
