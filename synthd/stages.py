@@ -38,7 +38,7 @@ def check_graph(file: str, upstream: Mapping[str, str | None]) -> None:
         up = upstream[name]
         while up is not None:
             if up == name:
-                chain = " -> ".join([*reversed(path), name])
+                chain = " -> ".join([name, *reversed(path[1:]), name])  # the data's flow
                 raise ConfigError(file, f"jobs.{name}.from", f"a cycle: {chain}")
             if up in path:
                 break  # a cycle not through this job: reported when its own job is checked
