@@ -399,6 +399,20 @@ class Checkpoint:
             ).fetchall()
         return [StageRow(*r) for r in rows]
 
+    def stage_pending(self, job: str) -> list[StageRow]:
+        """A stage's items not done yet, in order (for dry-run; reads the whole backlog)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT h.seq, h.parent, h.idx, p.job, p.fingerprint, p.fields FROM handoff h"
+                " JOIN parents p ON p.id = h.parent"
+                " LEFT JOIN sources s ON s.job = h.job AND s.status = 'stage'"
+                " WHERE h.job = ? AND NOT EXISTS"
+                " (SELECT 1 FROM items i WHERE i.source_id = s.id AND i.seq = h.seq)"
+                " ORDER BY h.seq",
+                (job,),
+            ).fetchall()
+        return [StageRow(*r) for r in rows]
+
     def stage_totals(self) -> dict[str, int]:
         """Items handed to each stage so far (its backlog is this less its done items)."""
         with self._lock:

@@ -111,3 +111,35 @@ def item_fields(kept: Mapping[str, Any], parent: str, index: int, per: Per) -> d
 def child_name(upstream_job: str, parent: str, index: int) -> str:
     """A child item's name, in place of a spool file's: where it came from, readable."""
     return f"{upstream_job}/{parent}/{index}"
+
+
+# -- dry-run's projection of a chain from its first stage's backlog -----------------------
+
+DEFAULT_ITEMS_PER_RECORD = 5.0  # per item, with nothing seen yet and no max_items to go by
+
+
+def fan_out(per: Per, observed: float | None, max_items: int | None, min_items: int) -> float:
+    """Items a stage gets per upstream record: one per record; per item, the ratio the
+    checkpoint has seen, else the upstream's ``max_items`` (an upper bound), else a guess."""
+    if per == "record":
+        return 1.0
+    if observed is not None:
+        return observed
+    if max_items is not None:
+        return float(max_items)
+    return max(float(min_items), DEFAULT_ITEMS_PER_RECORD)
+
+
+def stage_prompt_chars(
+    frame_chars: int, fields: frozenset[str], context: float, completion: float, fan: float
+) -> float:
+    """A projected stage item's prompt size: its template's own text, the passage, the
+    upstream completion (at most its ``max_tokens``) and one element of it."""
+    chars = float(frame_chars)
+    if "context" in fields:
+        chars += context
+    if "completion" in fields:
+        chars += completion
+    if "item" in fields:
+        chars += completion / max(fan, 1.0)
+    return chars

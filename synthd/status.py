@@ -46,6 +46,18 @@ class Live:
 
 
 @dataclass(frozen=True, slots=True)
+class StageStatus:
+    """A pipeline stage: the job it takes records from, and its items not done yet."""
+
+    upstream: str
+    per: str
+    backlog: int  # items handed over by the upstream job's commits and not done
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.upstream, "per": self.per, "backlog": self.backlog}
+
+
+@dataclass(frozen=True, slots=True)
 class JobStatus:
     job: str
     model: str | None  # None for a job found in the checkpoint but not in the config
@@ -62,6 +74,7 @@ class JobStatus:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None  # None: no price for the model
+    stage: StageStatus | None = None  # None: the job reads the spool
 
     @property
     def items_done(self) -> int:
@@ -85,6 +98,7 @@ class JobStatus:
             "provider_up": self.provider_up,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "cost_usd": self.cost_usd,
+            "stage": None if self.stage is None else self.stage.to_json(),
         }
 
 
@@ -117,6 +131,7 @@ def collect(
     """
     state = cfg.paths.state / STATE_FILE
     counts = {c.job: c for c in read_counts(state)}
+    handed = read_stage_totals(state)
     url = metrics_url if metrics_url is not None else default_metrics_url(cfg.service.listen)
     live = read_live(url, timeout_s) if url else None
     names = list(cfg.jobs) + sorted(set(counts) - set(cfg.jobs))
@@ -146,6 +161,7 @@ def collect(
                 cost_usd=cost_usd(
                     cfg.prices.get(model or ""), c.prompt_tokens, c.completion_tokens
                 ),
+                stage=_stage(job, handed.get(name, 0) - sum(c.items.values())),
             )
         )
     return Status(str(cfg.source), str(state), url, live is not None, jobs)
@@ -168,6 +184,26 @@ def read_counts(state: Path) -> list[JobCounts]:
             f"cannot read the checkpoint {state}: {e} (while the daemon is stopped, "
             f"reading it needs write access to {state.parent})"
         ) from e
+
+
+def _stage(job: Any, backlog: int) -> StageStatus | None:
+    if job is None or job.config.from_ is None:
+        return None
+    return StageStatus(job.config.from_, job.config.per, max(0, backlog))
+
+
+def read_stage_totals(state: Path) -> dict[str, int]:
+    """Items handed to each pipeline stage; empty without a state (or an older one)."""
+    if not state.exists():
+        return {}
+    try:
+        cp = Checkpoint(state, readonly=True)
+        try:
+            return cp.stage_totals()
+        finally:
+            cp.close()
+    except sqlite3.OperationalError:
+        return {}  # a state from before pipelines has no hand-off table yet
 
 
 def pending_files(job_dir: Path) -> int:
@@ -275,6 +311,16 @@ def render(status: Status) -> str:
         )
     if any(j.in_flight is not None for j in status.jobs):
         lines.append("in flight and queued are per provider: jobs on one provider share them")
+    piped = [j for j in status.jobs if j.stage is not None]
+    if piped:
+        lines.append(
+            "stages (input from another job's records, not the spool): "
+            + "; ".join(
+                f"{j.job} <- {j.stage.upstream} per {j.stage.per}: backlog {j.stage.backlog:,}"
+                for j in piped
+                if j.stage is not None
+            )
+        )
     unknown = [j.job for j in status.jobs if j.model is None]
     if unknown:
         lines.append(f"in the checkpoint but not in the config: {', '.join(unknown)}")
