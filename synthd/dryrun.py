@@ -277,7 +277,7 @@ def _plan_job(
                 backlog.context_chars += len(thing.fields.get("context", ""))
                 if len(samples) < n:
                     body = orjson.loads(req.body)
-                    samples.append(Sample(src.name, thing.line, url, body))
+                    samples.append(Sample(thing.source.name, thing.line, url, body))
             if total == 0 and src.resume_seq == 0 and jc.from_ is None:
                 backlog.failing_files[src.name] = "empty"
         except InputError as e:
