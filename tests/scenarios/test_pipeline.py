@@ -9,6 +9,7 @@ where a stage's items are handed over or adopted.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -24,7 +25,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import ROOT, Workdir, sim_process
+from synthd import config
+from synthd.daemon import Daemon
+from tests.helpers import ROOT, Workdir, sim_process, wait_until
 
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml"]
 STAGES = ("questions", "answers", "qa_judge")
@@ -51,7 +54,7 @@ def shipped_pipeline(work: Workdir, url: str, **service: Any) -> None:
 def drop_contexts(work: Workdir, n: int, name: str = "contexts.jsonl") -> None:
     rows = (
         orjson.dumps(
-            {"text": f"Passage {i}: the harbour council met about fishing boats and tides."}
+            {"text": f"Passage {i} of {name}: the harbour council met about boats and tides."}
         )
         for i in range(n)
     )
@@ -139,6 +142,32 @@ def test_1000_contexts_through_three_stages_exactly_once(work: Workdir, sim_url:
     assert jobs["qa_judge"]["stage"]["backlog"] == 0
 
 
+async def test_each_stage_works_as_its_upstream_commits_while_the_daemon_runs(
+    work: Workdir, sim_url: str
+) -> None:
+    shipped_pipeline(work, sim_url)
+    daemon = Daemon(config.load(work.path / "config" / "synthd.toml"), handle_signals=False)
+    run = asyncio.create_task(daemon.run())
+    try:
+        await daemon.ready.wait()
+        judged = 0
+        for i in range(2):
+            drop_contexts(work, 3, name=f"c{i}.jsonl")
+
+            def caught_up(before: int = judged) -> bool:
+                kept_answers = [r for r in outcomes(work, "answers") if r["_stream"] == "records"]
+                return len(outcomes(work, "qa_judge")) == len(kept_answers) > before
+
+            # Not in once mode: the stages' work is done while the daemon keeps running.
+            await wait_until(caught_up, timeout_s=60)
+            judged = len(outcomes(work, "qa_judge"))
+            assert not run.done()
+    finally:
+        daemon.stop()
+        assert await run == 0
+    check_chain(work, {"c0.jsonl": 3, "c1.jsonl": 3})
+
+
 def wait_for_log(log: Path, needle: bytes, count: int, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not log.exists() or log.read_bytes().count(needle) < count:
@@ -198,9 +227,11 @@ def test_killed_at_a_hand_off_boundary_every_stage_item_is_made_once(
     for life in range(LIVES):
         drop_contexts(work, 10, name=f"c{life}.jsonl")
         if point == "recovery_adopted":  # a tail past the commit first, for recovery to adopt
-            env = {**os.environ, "SYNTHD_CRASH_AT": f"shard_fsynced:{rng.randint(2, 8)}"}
+            env = {**os.environ, "SYNTHD_CRASH_AT": f"shard_fsynced:{rng.randint(1, 3)}"}
             subprocess.run([*RUN, "--once"], cwd=work.path, env=env, capture_output=True)
-        env = {**os.environ, "SYNTHD_CRASH_AT": f"{point}:{rng.randint(1, 8)}"}
+        # Recovery passes its point once a life; the others, once a commit.
+        nth = 1 if point == "recovery_adopted" else rng.randint(1, 8)
+        env = {**os.environ, "SYNTHD_CRASH_AT": f"{point}:{nth}"}
         got = subprocess.run([*RUN, "--once"], cwd=work.path, env=env, capture_output=True)
         assert got.returncode in (0, -signal.SIGKILL), got.stderr[-3000:]
         kills += got.returncode == -signal.SIGKILL
