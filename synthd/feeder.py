@@ -148,6 +148,7 @@ class Feeder:
         """``job``'s feeder has returned: its stages may be able to end too."""
         self.feeding_jobs.discard(job)
         self.wake_stages({job})
+        self._check_quiet()
 
     async def until_outstanding_zero(self) -> None:
         while self.outstanding:
@@ -185,7 +186,6 @@ class Feeder:
         finally:
             self.feeding -= 1
             self.job_fed(name)
-            self._check_quiet()
 
     async def _take(self, name: str, job_dir: Path, entries: list[spool.Entry]) -> None:
         """Claim a batch of settled entries and read what was claimed."""

@@ -53,8 +53,6 @@ async def feed_stage(feeder: Feeder, name: str) -> None:
     finally:
         feeder.feeding -= 1
         feeder.job_fed(name)
-        if feeder.feeding == 0 and feeder.outstanding == 0:
-            feeder.quiet.set()
 
 
 async def _feed(feeder: Feeder, name: str) -> None:

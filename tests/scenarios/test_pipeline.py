@@ -140,6 +140,16 @@ def test_1000_contexts_through_three_stages_exactly_once(work: Workdir, sim_url:
     jobs = {j["job"]: j for j in orjson.loads(status.stdout)["jobs"]}
     assert jobs["answers"]["stage"] == {"from": "questions", "per": "item", "backlog": 0}
     assert jobs["qa_judge"]["stage"]["backlog"] == 0
+    table = subprocess.run(
+        [sys.executable, "-m", "synthd", "status", "--config", "config/synthd.toml"],
+        cwd=work.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        "answers <- questions per item: backlog 0; qa_judge <- answers per record" in table.stdout
+    )
 
 
 async def test_each_stage_works_as_its_upstream_commits_while_the_daemon_runs(
