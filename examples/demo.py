@@ -1,5 +1,9 @@
 """`make demo`: run a shipped job end to end and say where the records are.
 
+`make demo JOB=qa` runs the pipeline in config/qa.toml instead (questions -> answers ->
+qa_judge): the passages in examples/qa/ go to its first stage's spool, every stage's
+records are reported, and the judged pairs are exported as chat fine-tuning data.
+
 With OPENAI_API_KEY set, the job calls the configured provider (SYNTHD_BASE_URL
 overrides the config's base_url). Without it, the demo starts the bundled
 OpenAI-compatible simulator on a free port and says so first.
@@ -18,6 +22,8 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -39,9 +45,13 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     (work / "config").mkdir(parents=True)
     shutil.copytree(ROOT / "prompts", work / "prompts")
-    shutil.copytree(inputs, work / "spool" / args.job)
+    pipeline = ROOT / "config" / f"{args.job}.toml"  # a shipped pipeline, named for the demo
+    source = pipeline if pipeline.is_file() else ROOT / "config" / "synthd.toml"
+    stages = pipeline_jobs(source) if pipeline.is_file() else [(args.job, None)]
+    first = next(name for name, up in stages if up is None)
+    shutil.copytree(inputs, work / "spool" / first)
     sim = None
-    config = (ROOT / "config" / "synthd.toml").read_text()
+    config = source.read_text()
     if os.environ.get("OPENAI_API_KEY"):
         base_url = os.environ.get("SYNTHD_BASE_URL", "https://api.openai.com/v1")
         print(f"demo: OPENAI_API_KEY is set: calling {base_url}", flush=True)
@@ -72,8 +82,44 @@ def main() -> int:
     if rc != 0:
         print(f"demo: synthd exited with {rc}", file=sys.stderr)
         return rc
-    report(work, args.job, elapsed)
-    return 0
+    if len(stages) == 1:
+        report(work, args.job, elapsed)
+        return 0
+    print(f"\ndemo: pipeline {' -> '.join(name for name, _ in stages)} in {elapsed:.1f}s")
+    for name, _ in stages:
+        report_stage(work, name)
+    last = stages[-1][0]
+    ft = work / "ft" / f"{args.job}.jsonl"
+    export = [sys.executable, "-m", "synthd", "export", last, "--config", "config/synthd.toml"]
+    rc = subprocess.call([*export, "--format", "chat", "--out", str(ft)], cwd=work)
+    if rc == 0:
+        example = orjson.loads(ft.read_bytes().splitlines()[0]) if ft.read_bytes() else None
+        print(f"demo: chat fine-tuning data in {ft}")
+        if example is not None:
+            for m in example["messages"]:
+                print(f"  {m['role']}: " + m["content"].replace("\n", "\n    "))
+    return rc
+
+
+def pipeline_jobs(path: Path) -> list[tuple[str, str | None]]:
+    """A pipeline config's jobs in order, each with the job it takes its input from."""
+    jobs = tomllib.loads(path.read_text())["jobs"]
+    return [(name, job.get("from")) for name, job in jobs.items()]
+
+
+def report_stage(work: Path, job: str) -> None:
+    out = work / "out" / job
+    counts = {
+        kind: sum(len(s.read_bytes().splitlines()) for s in sorted(folder.glob("*.jsonl")))
+        for kind, folder in (("records", out), ("rejects", out / "rejects"))
+    }
+    reasons = Counter(
+        orjson.loads(line).get("reason")
+        for s in sorted((out / "rejects").glob("*.jsonl"))
+        for line in s.read_bytes().splitlines()
+    )
+    why = ", ".join(f"{r} {n}" for r, n in reasons.most_common())
+    print(f"demo: {job}: {counts['records']} records, {counts['rejects']} rejects ({why}) in {out}")
 
 
 def as_chunks(config: str, job: str) -> str:

@@ -17,6 +17,9 @@ Tables:
            recover a ``.part`` left by them
   seen     de-duplication digests per job
   meta     this state's claim-id prefix and the count of claims made
+  parents  upstream records a pipeline stage makes items from (``synthd.stages``)
+  handoff  one row per stage item, written in the commit of its parent record; the
+           stage's one ``sources`` row (status 'stage') and ``items`` say which are done
 
 Every method blocks; the daemon calls them from a thread. A lock serializes
 callers so one connection can be shared by the writer thread and others.
@@ -35,6 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from synthd import stages
 from synthd.models import Outcome, Source
 
 STATE_FILE = "synthd.db"  # in [paths] state: the daemon's, status's and dry-run's one database
@@ -82,6 +88,20 @@ CREATE TABLE IF NOT EXISTS seen (
   job TEXT NOT NULL, digest INTEGER NOT NULL, PRIMARY KEY (job, digest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parents (
+  id TEXT PRIMARY KEY,              -- an upstream record's id
+  job TEXT NOT NULL,                -- the job that wrote it
+  fingerprint TEXT NOT NULL,        -- that job's fingerprint when it wrote it
+  fields BLOB NOT NULL              -- JSON: what its stages fill placeholders with
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS handoff (
+  job TEXT NOT NULL,                -- the stage (a job with from = ...)
+  seq INTEGER NOT NULL,             -- 0, 1, 2 ... per stage: the item's seq in its stage source
+  parent TEXT NOT NULL,
+  idx INTEGER NOT NULL,             -- the element of the parent's items (per = "item"), or 0
+  PRIMARY KEY (job, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS handoff_child ON handoff (job, parent, idx);
 """
 
 
@@ -343,6 +363,76 @@ class Checkpoint:
             )
         return out
 
+    # -- pipeline stages ---------------------------------------------------
+
+    def stage_source(self, job: str, fingerprint: str) -> Source:
+        """The one source row a stage's items belong to, made on first use.
+
+        Its resume point and ``items`` rows track the stage's items as a spool
+        file's do; its status ``stage`` keeps it out of the spool's active sources.
+        """
+        with self.transaction() as tx:
+            row = tx.db.execute(
+                "SELECT id, job, claim, name, path, fingerprint, resume_seq, resume_line,"
+                " resume_offset FROM sources WHERE job = ? AND status = 'stage'",
+                (job,),
+            ).fetchone()
+            if row is not None:
+                return Source(*row)
+            claim = f"stage:{job}"
+            cur = tx.db.execute(
+                "INSERT INTO sources (job, claim, name, path, fingerprint, status, claimed_at)"
+                " VALUES (?, ?, ?, '', ?, 'stage', ?)",
+                (job, claim, f"<{job}>", fingerprint, time.time()),
+            )
+            assert cur.lastrowid is not None
+            return Source(cur.lastrowid, job, claim, f"<{job}>", "", fingerprint)
+
+    def stage_rows(self, job: str, from_seq: int, limit: int) -> list[StageRow]:
+        """A stage's items from ``from_seq`` on, in order, with their parents' fields."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT h.seq, h.parent, h.idx, p.job, p.fingerprint, p.fields FROM handoff h"
+                " JOIN parents p ON p.id = h.parent WHERE h.job = ? AND h.seq >= ?"
+                " ORDER BY h.seq LIMIT ?",
+                (job, from_seq, limit),
+            ).fetchall()
+        return [StageRow(*r) for r in rows]
+
+    def stage_pending(self, job: str) -> list[StageRow]:
+        """A stage's items not done yet, in order (for dry-run; reads the whole backlog)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT h.seq, h.parent, h.idx, p.job, p.fingerprint, p.fields FROM handoff h"
+                " JOIN parents p ON p.id = h.parent"
+                " LEFT JOIN sources s ON s.job = h.job AND s.status = 'stage'"
+                " WHERE h.job = ? AND NOT EXISTS"
+                " (SELECT 1 FROM items i WHERE i.source_id = s.id AND i.seq = h.seq)"
+                " ORDER BY h.seq",
+                (job,),
+            ).fetchall()
+        return [StageRow(*r) for r in rows]
+
+    def stage_totals(self) -> dict[str, int]:
+        """Items handed to each stage so far (its backlog is this less its done items)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT job, count(*) FROM handoff GROUP BY job"))
+
+
+@dataclass(frozen=True, slots=True)
+class StageRow:
+    """One stage item as the hand-off table holds it."""
+
+    seq: int
+    parent: str
+    idx: int
+    upstream: str  # the parent's job
+    parent_fingerprint: str
+    fields: bytes  # JSON of stages.parent_fields(parent record)
+
+
+StageLinks = dict[str, list[tuple[str, "stages.Per"]]]  # upstream job -> [(stage, per)]
+
 
 def _claim_counter(db: sqlite3.Connection) -> tuple[str, int]:
     """This state's claim prefix and claim count, made on first use (inside a transaction)."""
@@ -407,3 +497,43 @@ class Transaction:
             " ON CONFLICT (job, stream, number) DO UPDATE SET committed = excluded.committed",
             [(*key, committed) for key, committed in offsets.items()],
         )
+
+    def hand_over(self, records: list[tuple[str, dict[str, Any]]], links: StageLinks) -> int:
+        """In the commit of upstream ``records`` (job, record line): their stage items.
+
+        So a stage item exists iff its parent record is committed. Idempotent per
+        (stage, parent, index); seqs are contiguous per stage. Returns the rows added.
+        """
+        added = 0
+        next_seq: dict[str, int] = {}
+        for job, rec in records:
+            kids = [
+                (st, per, n) for st, per in links.get(job, ()) if (n := stages.children(rec, per))
+            ]
+            if not kids:
+                continue
+            parent = str(rec["id"])
+            self.db.execute(
+                "INSERT OR IGNORE INTO parents (id, job, fingerprint, fields) VALUES (?, ?, ?, ?)",
+                (
+                    parent,
+                    job,
+                    str(rec.get("fingerprint", "")),
+                    orjson.dumps(stages.parent_fields(rec)),
+                ),
+            )
+            for stage, _, n in kids:
+                if stage not in next_seq:
+                    row = self.db.execute(
+                        "SELECT coalesce(max(seq) + 1, 0) FROM handoff WHERE job = ?", (stage,)
+                    ).fetchone()
+                    next_seq[stage] = int(row[0])
+                for idx in range(n):
+                    cur = self.db.execute(
+                        "INSERT OR IGNORE INTO handoff (job, seq, parent, idx) VALUES (?, ?, ?, ?)",
+                        (stage, next_seq[stage], parent, idx),
+                    )
+                    if cur.rowcount == 1:
+                        next_seq[stage] += 1
+                        added += 1
+        return added

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from synthd import stages
 from synthd.errors import ConfigError
 from synthd.fingerprint import job_fingerprint
 from synthd.prompts import Template
@@ -163,9 +164,19 @@ class ExportConfig(_Frozen):
     completion_stop: str = " END"  # ends every completion of a prompt-completion export
     system: str | None = None  # system message for chat exports; default: the job's; "": none
     user_from: Literal["prompt", "context"] = "context"
+    # The chat user message made from the record's fields ({{context}}, {{item}}): wins over
+    # user_from; a pipeline's last stage puts its passage and question together this way.
+    user_template: str | None = None
     context_tokens: PositiveInt = 16_385  # longer examples fail the check
     price_per_mtok: Annotated[float, Field(ge=0)] = 0.0  # training price, for the estimate
     epochs: PositiveInt = 3  # training epochs, for the cost estimate
+
+
+class JudgeConfig(_Frozen):
+    """A judge job: its prompt is the rubric; its answer a JSON ``score`` and ``reason``."""
+
+    min_score: float  # a verdict below this sends the judged record to rejects
+    max_score: PositiveFloat = 10.0  # a score above this is an invalid verdict
 
 
 class JobConfig(_Frozen):
@@ -189,6 +200,10 @@ class JobConfig(_Frozen):
     filters: FiltersConfig = FiltersConfig()
     output: OutputConfig = OutputConfig()
     export: ExportConfig = ExportConfig()
+    # A pipeline stage: items come from this job's committed records, not the spool.
+    from_: str | None = Field(default=None, alias="from")
+    per: stages.Per = "record"
+    judge: JudgeConfig | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -347,7 +362,11 @@ def _resolve(path: Path, model: _FileModel) -> Config:
         providers["default"] = ProviderConfig()
     if not model.jobs:
         raise ConfigError(file, "jobs", "at least one job is required")
-    jobs = {name: _resolve_job(file, name, cfg, providers) for name, cfg in model.jobs.items()}
+    with_item = _check_stages(file, model.jobs)
+    jobs = {
+        name: _resolve_job(file, name, cfg, providers, name in with_item)
+        for name, cfg in model.jobs.items()
+    }
     return Config(
         source=path,
         providers=providers,
@@ -359,7 +378,13 @@ def _resolve(path: Path, model: _FileModel) -> Config:
     )
 
 
-def _resolve_job(file: str, name: str, cfg: JobConfig, providers: dict[str, ProviderConfig]) -> Job:
+def _resolve_job(
+    file: str,
+    name: str,
+    cfg: JobConfig,
+    providers: dict[str, ProviderConfig],
+    with_item: bool = False,
+) -> Job:
     key = f"jobs.{name}"
     if not _JOB_NAME.match(name):
         raise ConfigError(file, key, "a job name may hold letters, digits, '_', '-', '.'")
@@ -367,14 +392,19 @@ def _resolve_job(file: str, name: str, cfg: JobConfig, providers: dict[str, Prov
         raise ConfigError(file, f"{key}.provider", f"no provider named {cfg.provider!r}")
     template = Template(_read_text(file, f"{key}.prompt", cfg.prompt))
     # JSONL items may carry any field, so only a line can tell (checked per item).
-    unfillable = set() if cfg.input == "jsonl" else template.fields - _fillable(cfg)
+    if cfg.from_ is None:
+        fillable = _fillable(cfg)
+    else:
+        fillable = stages.STAGE_FIELDS if with_item else stages.STAGE_FIELDS - {"item"}
+    unfillable = set() if cfg.input == "jsonl" and cfg.from_ is None else template.fields - fillable
     if unfillable:
         missing = ", ".join(sorted(unfillable))
+        by = f"input = {cfg.input!r}" if cfg.from_ is None else f"from = {cfg.from_!r}"
         raise ConfigError(
             file,
             f"{key}.prompt",
-            f"placeholder {missing} cannot be filled by input = {cfg.input!r} "
-            f"(available: {', '.join(sorted(_fillable(cfg)))})",
+            f"placeholder {missing} cannot be filled by {by} "
+            f"(available: {', '.join(sorted(fillable))})",
         )
     system = None
     if cfg.system_prompt is not None:
@@ -432,6 +462,30 @@ def _chunk_tokens(
             file, f"{key}.chunk_overlap", f"must be at most half of chunk_tokens ({size})"
         )
     return size
+
+
+def _check_stages(file: str, jobs: dict[str, JobConfig]) -> frozenset[str]:
+    """Pipelines: ``from`` names a job, no cycle, ``per = "item"`` has items, a judge
+    has something to judge. Returns the stages whose items carry an ``item``."""
+    stages.check_graph(file, {name: cfg.from_ for name, cfg in jobs.items()})
+    for name, cfg in jobs.items():
+        key = f"jobs.{name}"
+        if cfg.from_ is not None and cfg.per == "item" and jobs[cfg.from_].filters.split == "none":
+            raise ConfigError(
+                file,
+                f"{key}.per",
+                f"per = 'item' needs job {cfg.from_!r} to split its completions into items "
+                "(its filters.split)",
+            )
+        if cfg.judge is not None and cfg.from_ is None:
+            raise ConfigError(file, f"{key}.judge", "a judge scores other records: set from")
+        if cfg.judge is not None and cfg.samples != 1:
+            raise ConfigError(file, f"{key}.samples", "a judge gives one verdict: samples = 1")
+        if cfg.judge is not None and cfg.judge.min_score > cfg.judge.max_score:
+            raise ConfigError(file, f"{key}.judge.min_score", "above judge.max_score")
+    upstream = {name: cfg.from_ for name, cfg in jobs.items()}
+    per = {name: cfg.per for name, cfg in jobs.items()}
+    return frozenset(n for n in jobs if stages.carries_item(upstream, per, n))
 
 
 def _fillable(cfg: JobConfig) -> frozenset[str]:

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from synthd import config as config_mod
-from synthd import crashpoints, memory, notify
+from synthd import crashpoints, handoff, memory, notify
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
@@ -123,7 +123,7 @@ class Daemon:
         if self.tune_gc:
             frozen = memory.settle_gc()
             log.info("gc_frozen", objects=frozen, thresholds=list(memory.GC_THRESHOLDS))
-        feeders = [self._supervised(self.feeder.feed(name), f"feed-{name}") for name in self.jobs]
+        feeders = [self._supervised(self._feed(name), f"feed-{name}") for name in self.jobs]
         tickers = [
             self._supervised(self._progress(), "progress"),
             self._supervised(memory.release_freed_memory(), "trim"),
@@ -212,6 +212,12 @@ class Daemon:
             resume_only=True,
         )
         await other.run()
+
+    def _feed(self, name: str) -> Coroutine[Any, Any, None]:
+        """A job's feeder: the spool's, or its upstream job's records (a pipeline stage)."""
+        if self.config.jobs[name].config.from_ is not None:
+            return handoff.feed_stage(self.feeder, name)
+        return self.feeder.feed(name)
 
     def _supervised(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A long-lived task whose death, whatever the cause, is seen: see ``_task_ended``."""
@@ -369,6 +375,10 @@ class Daemon:
             if rt is None or job.config.provider != rt.job.config.provider:
                 log.warning("reload_skipped_job", job=name, note="new jobs need a restart")
                 continue
+            was = rt.job.config
+            if (job.config.from_, job.config.per) != (was.from_, was.per):
+                log.warning("reload_skipped_job", job=name, note="from and per need a restart")
+                continue
             if job.fingerprint != rt.job.fingerprint or job.config != rt.job.config:
                 rt.reload(job, _filters(job))
                 changed.append(name)
@@ -409,4 +419,4 @@ class Daemon:
 
 
 def _filters(job: Job) -> FilterChain:
-    return FilterChain(job.config.filters, job.schema)
+    return FilterChain(job.config.filters, job.schema, job.config.judge)

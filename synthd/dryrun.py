@@ -22,6 +22,7 @@ in place when it claims it, is transcoded into a temporary copy instead.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from typing import Any
 import orjson
 import structlog
 
+from synthd import handoff, request, spool, stages
 from synthd import items as items_mod
-from synthd import request, spool
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.chunking import CHARS_PER_TOKEN
 from synthd.config import Config, Job, Price
@@ -41,7 +42,7 @@ from synthd.errors import ConfigError, InputError
 from synthd.fingerprint import sampling_params
 from synthd.models import BadLine, Source, WorkItem
 from synthd.prompts import ENDPOINTS
-from synthd.ratemath import Calibration
+from synthd.ratemath import Calibration, token_estimate
 
 log = structlog.get_logger("synthd.dryrun")
 CHUNKED_FILES_SHOWN = 10  # input = "chunks": how the first files are cut
@@ -70,6 +71,11 @@ class Backlog:
     completion_tokens_max: int = 0  # max_tokens × samples per request: an upper bound
     reserved_tokens: int = 0  # what the budget reserves: prompt + max_tokens × samples
     failing_files: dict[str, str] = field(default_factory=dict)  # name -> reason
+    # A pipeline stage: items its upstream's backlog would hand it (their tokens are in the
+    # figures above), at ``fan_out`` items per upstream record, all records assumed kept.
+    projected_requests: int = 0
+    fan_out: float | None = None
+    context_chars: int = 0  # of the items counted, real and projected: passed down the chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +157,8 @@ class JobPlan:
                 "prompt_tokens": b.prompt_tokens,
                 "completion_tokens_max": b.completion_tokens_max,
                 "reserved_tokens": b.reserved_tokens,
+                "projected_requests": b.projected_requests,
+                "fan_out": b.fan_out,
             },
             "cost_usd": None
             if self.cost is None
@@ -214,10 +222,15 @@ def plan(cfg: Config, jobs: Sequence[str] = (), n: int = 5) -> DryRun:
         if name not in cfg.jobs:
             known = ", ".join(cfg.jobs)
             raise ConfigError(str(cfg.source), "jobs", f"no job named {name!r} (jobs: {known})")
+    # A stage's estimate needs its upstream's first, and a chain is costed whole.
+    names = _with_chains(cfg, names)
     state = cfg.state_dir / STATE_FILE
     cp = Checkpoint(state, readonly=True) if state.exists() else None
     try:
-        plans = [_plan_job(cfg, cfg.jobs[name], cp, n) for name in names]
+        planned: dict[str, JobPlan] = {}
+        for name in names:
+            planned[name] = _plan_job(cfg, cfg.jobs[name], cp, n, planned)
+        plans = list(planned.values())
     finally:
         if cp is not None:
             cp.close()
@@ -225,7 +238,7 @@ def plan(cfg: Config, jobs: Sequence[str] = (), n: int = 5) -> DryRun:
     for pname in dict.fromkeys(p.provider for p in plans):  # in the order of the jobs
         pcfg = cfg.providers[pname]
         mine = [p for p in plans if p.provider == pname]
-        requests = sum(p.backlog.requests for p in mine)
+        requests = sum(p.backlog.requests + p.backlog.projected_requests for p in mine)
         tokens = sum(p.backlog.reserved_tokens for p in mine)
         minutes, bound = estimate_minutes(requests, tokens, pcfg.rpm, pcfg.tpm)
         providers.append(ProviderPlan(pname, pcfg.rpm, pcfg.tpm, requests, tokens, minutes, bound))
@@ -247,7 +260,27 @@ def estimate_cost(price: Price | None, prompt_tokens: int, completion_tokens: in
     return Cost(round(parts[0], 6), round(parts[1], 6))
 
 
-def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
+def _with_chains(cfg: Config, names: list[str]) -> list[str]:
+    """``names`` with every job of their pipelines, each after the job it takes from."""
+    upstream = {name: job.config.from_ for name, job in cfg.jobs.items()}
+    wanted = set(names)
+    changed = True
+    while changed:
+        before = len(wanted)
+        wanted |= {n for n, up in upstream.items() if up in wanted}
+        wanted |= {up for n, up in upstream.items() if n in wanted and up is not None}
+        changed = len(wanted) != before
+    order: list[str] = []
+    for name in cfg.jobs:
+        for link in stages.chain_of(upstream, name):
+            if link in wanted and link not in order:
+                order.append(link)
+    return order
+
+
+def _plan_job(
+    cfg: Config, job: Job, cp: Checkpoint | None, n: int, planned: dict[str, JobPlan]
+) -> JobPlan:
     jc = job.config
     # What a cold daemon starts from: the default calibration, the configured tpm.
     calibration, tpm = Calibration(), float(cfg.providers[jc.provider].tpm)
@@ -256,11 +289,13 @@ def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
     backlog = Backlog()
     samples: list[Sample] = []
     chunked: list[ChunkedFile] = []
-    for src, path, done in _sources(cfg, job, cp, backlog):
+    sources = _sources(cfg, job, cp, backlog) if jc.from_ is None else _stage_source(job, cp)
+    for src, path, done in sources:
         shown = ChunkedFile(src.name) if len(chunked) < CHUNKED_FILES_SHOWN else None
         try:
             total = 0
-            for thing in _read(cfg, job, src, path):
+            things = _read(cfg, job, src, path) if jc.from_ is None else _stage_items(job, cp)
+            for thing in things:
                 total = thing.seq + 1
                 if shown is not None and isinstance(thing, WorkItem) and thing.span is not None:
                     shown.add(thing)
@@ -280,10 +315,11 @@ def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
                 backlog.prompt_tokens += req.prompt_tokens
                 backlog.completion_tokens_max += jc.max_tokens * jc.samples
                 backlog.reserved_tokens += req.reserved
+                backlog.context_chars += len(thing.fields.get("context", ""))
                 if len(samples) < n:
                     body = orjson.loads(req.body)
-                    samples.append(Sample(src.name, thing.line, url, body))
-            if total == 0 and src.resume_seq == 0:
+                    samples.append(Sample(thing.source.name, thing.line, url, body))
+            if total == 0 and src.resume_seq == 0 and jc.from_ is None:
                 backlog.failing_files[src.name] = "empty"
         except InputError as e:
             backlog.failing_files[src.name] = e.reason
@@ -291,9 +327,14 @@ def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
             backlog.failing_files[src.name] = "unreadable"
         if shown is not None and shown.passages:
             chunked.append(shown)
+    if jc.from_ is not None:
+        _project(cfg, job, cp, planned[jc.from_], backlog, calibration)
     provider = cfg.providers[jc.provider]
     minutes, bound = estimate_minutes(
-        backlog.requests, backlog.reserved_tokens, provider.rpm, provider.tpm
+        backlog.requests + backlog.projected_requests,
+        backlog.reserved_tokens,
+        provider.rpm,
+        provider.tpm,
     )
     return JobPlan(
         job=job.name,
@@ -311,6 +352,61 @@ def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
         bound=bound,
         chunked=chunked,
     )
+
+
+def _stage_source(job: Job, cp: Checkpoint | None) -> Iterator[tuple[Source, Path, set[int]]]:
+    """A stage has no files: one pseudo-source, whose items are its pending hand-off rows."""
+    if cp is not None:
+        yield Source(0, job.name, "dry-run", f"<{job.name}>", "", job.fingerprint), Path(), set()
+
+
+def _stage_items(job: Job, cp: Checkpoint | None) -> Iterator[WorkItem]:
+    """The items handed to a stage and not done, as the daemon's stage feeder makes them."""
+    if cp is None:
+        return
+    src = Source(0, job.name, "dry-run", f"<{job.name}>", "", job.fingerprint)
+    try:
+        rows = cp.stage_pending(job.name)
+    except sqlite3.OperationalError:
+        return  # a state from before pipelines
+    for row in rows:
+        yield handoff.stage_item(src, row, job.config.per)
+
+
+def _project(
+    cfg: Config,
+    job: Job,
+    cp: Checkpoint | None,
+    up: JobPlan,
+    backlog: Backlog,
+    calibration: Calibration,
+) -> None:
+    """Add what the upstream's backlog would hand this stage: every record kept (an upper
+    bound, like the completion tokens), ``fan_out`` items each."""
+    jc = job.config
+    upcfg = cfg.jobs[up.job].config
+    observed = None
+    if cp is not None and jc.per == "item":
+        with contextlib.suppress(sqlite3.OperationalError):
+            handed = cp.stage_totals().get(job.name, 0)
+            records = sum(c.records for c in cp.counts() if c.job == up.job)
+            observed = handed / records if handed and records else None
+    fan = stages.fan_out(jc.per, observed, upcfg.filters.max_items, upcfg.filters.min_items)
+    upstream_requests = up.backlog.requests + up.backlog.projected_requests
+    projected = round(upstream_requests * up.samples_per_request * fan)
+    backlog.fan_out = round(fan, 3)
+    backlog.projected_requests = projected
+    if not projected:
+        return
+    context = up.backlog.context_chars / upstream_requests
+    frame = len(job.template.render(dict.fromkeys(job.template.fields, ""))) + len(job.system or "")
+    completion = upcfg.max_tokens * calibration.chars_per_token
+    chars = stages.stage_prompt_chars(frame, job.template.fields, context, completion, fan)
+    prompt_tokens = calibration.estimate(round(chars))
+    backlog.prompt_tokens += projected * prompt_tokens
+    backlog.completion_tokens_max += projected * jc.max_tokens * jc.samples
+    backlog.reserved_tokens += projected * token_estimate(prompt_tokens, jc.max_tokens, jc.samples)
+    backlog.context_chars += round(projected * context)
 
 
 def _unsendable(job: Job, item: WorkItem, why: request.Unsendable) -> None:
@@ -398,6 +494,12 @@ def render(result: DryRun) -> str:
             f"backlog: {b.files_pending:,} files pending, {b.files_claimed:,} claimed; "
             f"{b.requests:,} requests, {b.bad_lines:,} bad lines, {b.unsendable:,} unsendable"
         )
+        if b.fan_out is not None:
+            out.append(
+                f"pipeline stage: ~{b.projected_requests:,} more requests projected from its "
+                f"upstream's backlog at {b.fan_out:g} per upstream record, every record kept "
+                "(an upper bound); their tokens are counted below"
+            )
         for name, reason in sorted(b.failing_files.items()):
             out.append(f"  would fail: {name} ({reason})")
         out.append(
@@ -414,6 +516,11 @@ def render(result: DryRun) -> str:
             )
         out.append(f"time: ~{_duration(j.minutes)} at the provider's budget ({j.bound}-bound)")
         out.append("")
+    chains = [j for j in result.jobs if j.backlog.fan_out is not None]
+    if chains:
+        priced = [j.cost.total_usd_max for j in result.jobs if j.cost is not None]
+        total = f"<= ${sum(priced):,.4f}" if len(priced) == len(result.jobs) else "unknown"
+        out.append(f"pipelines: every stage above, from its first stage's backlog: {total}")
     for p in result.providers:
         out.append(
             f"provider {p.name}: {p.requests:,} requests, {p.reserved_tokens:,} tokens reserved"

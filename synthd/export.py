@@ -9,6 +9,8 @@ Three formats, one example per line:
   becomes user = its context (or its rendered prompt, ``export.user_from``),
   assistant = its completion. The system message is ``export.system``, else
   the job's system prompt; ``export.system = ""`` leaves it out.
+  ``export.user_template`` builds the user message from the record's fields
+  instead (a pipeline's passage and question: ``{{context}}`` and ``{{item}}``).
 * ``prompt-completion``: ``{"prompt": context + separator, "completion":
   " " + completion + stop}``, as the legacy fine-tuning guide asks.
 * ``raw``: the record lines as they are.
@@ -41,7 +43,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, get_args
 import orjson
 
 from synthd import exportcheck
-from synthd.errors import ConfigError, ExportError, Unusable
+from synthd.errors import ConfigError, ExportError, TemplateError, Unusable
+from synthd.prompts import Template
 from synthd.shards import closed_name, job_shard_paths
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ class Spec:
     context_tokens: int
     epochs: int
     price_per_mtok: float
+    user_template: Template | None = None  # export.user_template: wins over user_from
 
     @classmethod
     def of(cls, job: Job) -> Spec:
@@ -75,6 +79,7 @@ class Spec:
         return cls(
             system=system.strip() or None,
             user_from=ex.user_from,
+            user_template=None if ex.user_template is None else Template(ex.user_template),
             separator=ex.separator,
             completion_stop=ex.completion_stop,
             roles=roles,
@@ -102,7 +107,12 @@ def to_example(fmt: Format, spec: Spec, record: Any) -> dict[str, Any]:
     if turns is not None:
         messages = turn_messages(turns, spec.roles)
     else:
-        user = _context(record) if spec.user_from == "context" else _prompt(record)
+        if spec.user_template is not None:
+            user = _user_from_template(spec.user_template, record)
+        elif spec.user_from == "context":
+            user = _context(record)
+        else:
+            user = _prompt(record)
         messages = [
             {"role": "user", "content": user},
             {"role": "assistant", "content": _completion(record)},
@@ -128,6 +138,15 @@ def turn_messages(turns: Any, roles: dict[str, str]) -> list[dict[str, str]]:
     while messages and messages[-1]["role"] == "user":
         del messages[-1]
     return messages
+
+
+def _user_from_template(template: Template, record: dict[str, Any]) -> str:
+    """``export.user_template`` filled from the record's top-level string fields."""
+    values = {k: v for k, v in record.items() if isinstance(v, str)}
+    try:
+        return template.render(values)
+    except TemplateError as e:
+        raise Unusable("missing_field") from e
 
 
 def _context(record: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,15 @@ class Feeder:
         self.feeding = 0  # feed() tasks still running
         self.quiet = asyncio.Event()  # nothing left to read or to finish
         self._changed_jobs: set[str] = set()
+        # Pipelines (synthd.handoff): a stage waits on its event for its upstream's commits,
+        # and in once mode ends when its upstream is no longer feeding and has nothing admitted.
+        self.feeding_jobs = set(config.jobs)
+        self.job_outstanding: Counter[str] = Counter()
+        self.stages_of: dict[str, list[str]] = {}
+        for name, job in config.jobs.items():
+            if job.config.from_ is not None:
+                self.stages_of.setdefault(job.config.from_, []).append(name)
+        self.stage_events = {s: asyncio.Event() for ss in self.stages_of.values() for s in ss}
 
     def committed(self, outcomes: list[Outcome]) -> None:
         """The writer made these durable: their slots are free again."""
@@ -124,9 +134,28 @@ class Feeder:
                 self.slots[provider].release()
                 if held := self._held.pop((o.source.id, o.seq), 0):
                     self.budgets[provider].release(held)
+            self.job_outstanding[o.source.job] -= 1
         self.outstanding -= len(outcomes)
         if self.outstanding <= self._room:
             self._roomy.set()
+        if self.stages_of:
+            self.wake_stages({o.source.job for o in outcomes})
+        self._check_quiet()
+
+    def wake_stages(self, jobs: set[str]) -> None:
+        """Tell the stages of ``jobs`` that there may be new items, or an end, upstream."""
+        for job in jobs:
+            for stage in self.stages_of.get(job, ()):
+                self.stage_events[stage].set()
+
+    def upstream_finished(self, job: str) -> bool:
+        """No more records will come from ``job`` in this run (once mode)."""
+        return job not in self.feeding_jobs and self.job_outstanding[job] <= 0
+
+    def job_fed(self, job: str) -> None:
+        """``job``'s feeder has returned: its stages may be able to end too."""
+        self.feeding_jobs.discard(job)
+        self.wake_stages({job})
         self._check_quiet()
 
     async def until_outstanding_zero(self) -> None:
@@ -169,7 +198,7 @@ class Feeder:
                     await asyncio.wait_for(self._stop.wait(), self.config.service.scan_interval_s)
         finally:
             self.feeding -= 1
-            self._check_quiet()
+            self.job_fed(name)
 
     async def _take(self, name: str, job_dir: Path, entries: list[spool.Entry]) -> None:
         """Claim a batch of settled entries and read what was claimed."""
@@ -331,12 +360,21 @@ class Feeder:
         reader = items_mod.reader_for(src, f, rt.job.config, max_line, rt.job.chunk_tokens)
         return f, reader, watch, watch.size
 
+    async def admit(self, rt: JobRuntime, thing: Thing, nbytes: int) -> None:
+        """Admit one item made elsewhere (a pipeline stage's): as a spool item is."""
+        await self._admit_one(rt, rt.job.config.provider, thing, nbytes)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     async def _admit_one(self, rt: JobRuntime, provider: str, thing: Thing, nbytes: int) -> None:
         """Wait for a slot and the item's bytes, then render and queue it."""
         await self.slots[provider].acquire()
         await self.budgets[provider].acquire(nbytes)
         self._held[(thing.source.id, thing.seq)] = nbytes
         self.outstanding += 1
+        self.job_outstanding[rt.job.name] += 1
         rt.stats.items_queued += 1
         self._admit(rt, thing)
         self._since_yield += 1

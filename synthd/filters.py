@@ -10,6 +10,7 @@ transforming the text or rejecting it with a stable reason code:
 5. counts: ``min_items``/``max_items``, ``min_turns``; ``single_paragraph``
 6. ``require_json`` (and its JSON Schema)
 7. ``min_chars``/``max_chars`` on the final text
+8. a judge job's verdict (``synthd.judge``): its score against ``min_score``
 
 De-duplication is not here: it needs the job's history and lives with the
 single writer (``synthd.writer``).
@@ -24,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from synthd.config import FiltersConfig
+from synthd import judge as judge_mod
+from synthd.config import FiltersConfig, JudgeConfig
 from synthd.models import Accepted, Rejection
 
 # List markers followed by white space: "1. ", "2) ", "- ", "(a) ", "Q3: ". The
@@ -41,8 +43,14 @@ _NOT_SPEAKERS = frozenset({"ps", "note", "tip", "example", "step", "summary", "w
 class FilterChain:
     """A job's filters, compiled. ``apply`` is pure and never raises on text."""
 
-    def __init__(self, cfg: FiltersConfig, schema: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: FiltersConfig,
+        schema: dict[str, Any] | None = None,
+        judge: JudgeConfig | None = None,
+    ) -> None:
         self.cfg = cfg
+        self._judge = judge
         self._keep = re.compile(cfg.keep_lines_matching) if cfg.keep_lines_matching else None
         self._drop = re.compile(cfg.drop_lines_matching) if cfg.drop_lines_matching else None
         self._drop_if = (
@@ -133,6 +141,8 @@ class FilterChain:
             return Rejection("too_short", f"{len(text)} < {cfg.min_chars} chars")
         if cfg.max_chars is not None and len(text) > cfg.max_chars:
             return Rejection("too_long", f"{len(text)} > {cfg.max_chars} chars")
+        if self._judge is not None:
+            return judge_mod.verdict(text, self._judge)
         return Accepted(text, items, turns, data)
 
 

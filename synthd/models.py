@@ -19,6 +19,9 @@ class Source:
     resume_seq: int = 0
     resume_line: int = 0
     resume_offset: int = 0
+    # A pipeline stage's item (``synthd.stages``): the upstream record it was made from.
+    parent: str | None = None
+    parent_fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ class Rejection:
 
     reason: str
     detail: str = ""
+    score: float | None = None  # a judge's score, when the judge rejected it
 
 
 @dataclass(slots=True)

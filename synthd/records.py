@@ -10,7 +10,7 @@ import hashlib
 from typing import Any
 
 from synthd.config import Job
-from synthd.models import Accepted, BadLine, Outcome, Rejection, Reply, WorkItem
+from synthd.models import Accepted, BadLine, Outcome, Rejection, Reply, Source, WorkItem
 
 
 def record_id(job: str, source: str, line: int, sample: int, context: str) -> str:
@@ -42,6 +42,13 @@ def source_of(item: WorkItem | BadLine) -> dict[str, Any]:
     return out
 
 
+def lineage(source: Source) -> dict[str, Any]:
+    """A pipeline stage's outcome names the upstream record it was made from."""
+    if source.parent is None:
+        return {}
+    return {"parent": source.parent, "parent_fingerprint": source.parent_fingerprint}
+
+
 def completed(
     job: Job,
     item: WorkItem,
@@ -68,25 +75,29 @@ def completed(
     records: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     digests: list[int] = []
+    parent = lineage(item.source)
+    judged = item.fields.get("completion") if job.config.judge is not None else None
     for sample, (choice, result) in enumerate(zip(reply.choices, results, strict=True)):
         base = {
             "id": record_id(job.name, item.source.name, item.line, sample, context),
             "job": job.name,
             "source": source,
             "sample": sample,
+            **parent,
         }
         if isinstance(result, Rejection):
-            rejects.append(
-                {
-                    **base,
-                    "stage": "filter",
-                    "reason": result.reason,
-                    "detail": result.detail,
-                    "completion": choice.text,
-                    "finish_reason": choice.finish_reason,
-                    "params": params,
-                }
-            )
+            reject = {
+                **base,
+                "stage": "filter",
+                "reason": result.reason,
+                "detail": result.detail,
+                "completion": choice.text,
+                "finish_reason": choice.finish_reason,
+                "params": params,
+            }
+            if result.score is not None:
+                reject["score"] = result.score
+            rejects.append(reject)
             continue
         rec: dict[str, Any] = {
             **base,
@@ -108,8 +119,16 @@ def completed(
             rec["data"] = result.data
         if item.meta:
             rec["meta"] = item.meta
+        if "item" in item.fields and item.source.parent is not None:
+            rec["item"] = item.fields["item"]  # a stage's element travels down the chain
+        if judged is not None:
+            # A judge's record is the record it judged, with the verdict beside it.
+            rec["completion"] = judged
+            rec["score"] = result.data["score"]
+            rec["judge"] = {"completion": result.text, **result.data}
+            del rec["data"]
         records.append(rec)
-        digests.append(digest(result.text))
+        digests.append(digest(rec["completion"]))
     lines: dict[str, list[dict[str, Any]]] = {}
     if records:
         lines["records"] = records
@@ -136,6 +155,7 @@ def dead_letter(
         "job": job.name,
         "source": source_of(item),
         "sample": None,
+        **lineage(item.source),
         "error": error,
         "kind": kind,
         "attempts": attempts,
@@ -151,6 +171,7 @@ def bad_input(job: Job, bad: BadLine, now: float) -> Outcome:
         "job": job.name,
         "source": source_of(bad),
         "sample": None,
+        **lineage(bad.source),
         "stage": "input",
         "reason": bad.reason,
         "detail": bad.detail,

@@ -16,7 +16,7 @@ import orjson
 import structlog
 
 from synthd import crashpoints
-from synthd.checkpoint import Checkpoint
+from synthd.checkpoint import Checkpoint, StageLinks
 from synthd.models import Outcome, Source
 from synthd.records import digest
 from synthd.shards import ShardStream, Tail
@@ -24,10 +24,16 @@ from synthd.shards import ShardStream, Tail
 log = structlog.get_logger("synthd.recovery")
 
 
-def recover(cp: Checkpoint, streams_of: dict[str, dict[str, ShardStream]]) -> int:
+def recover(
+    cp: Checkpoint,
+    streams_of: dict[str, dict[str, ShardStream]],
+    links: StageLinks | None = None,
+) -> int:
     """Reconcile every job's shards with the checkpoint; returns the items adopted.
 
-    Blocking; runs once, before any work is read and before any shard is appended to.
+    An adopted record hands its pipeline stages (``links``) their items in the same
+    transaction, as the writer's commit would have. Blocking; runs once, before any
+    work is read and before any shard is appended to.
     """
     adopted = 0
     for job, streams in streams_of.items():
@@ -38,7 +44,7 @@ def recover(cp: Checkpoint, streams_of: dict[str, dict[str, ShardStream]]) -> in
                 stream.recover(p, cp.shard_offset((job, kind, stream.number_of(p)), old))
                 for p, old in stream.parts_with_legacy_paths()
             ]
-        adopted += _adopt(cp, job, tails)
+        adopted += _adopt(cp, job, tails, links or {})
         for stream in streams.values():
             parts = stream.parts()
             if parts[:-1]:
@@ -50,7 +56,7 @@ def recover(cp: Checkpoint, streams_of: dict[str, dict[str, ShardStream]]) -> in
     return adopted
 
 
-def _adopt(cp: Checkpoint, job: str, tails: dict[str, list[Tail]]) -> int:
+def _adopt(cp: Checkpoint, job: str, tails: dict[str, list[Tail]], links: StageLinks) -> int:
     """Adopt the complete items past the committed offsets; cut the rest.
 
     Only truncation, never a rewrite: each tail is cut at its first line
@@ -94,6 +100,10 @@ def _adopt(cp: Checkpoint, job: str, tails: dict[str, list[Tail]]) -> int:
             tx.shard_offsets({(job, kind, tail.number): size})
         tx.record(outcomes)
         tx.dedupe(job, [d for o in outcomes for d in o.digests])
+        if job in links:
+            ours = sorted(keep)
+            kept = [(job, r) for k in ours for kind, r, _ in lines_of[k] if kind == "records"]
+            tx.hand_over(kept, links)
     if any(tail.lines for _, tail, _ in keyed):
         crashpoints.hit("recovery_adopted")
     for o in outcomes:

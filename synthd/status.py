@@ -47,6 +47,18 @@ class Live:
 
 
 @dataclass(frozen=True, slots=True)
+class StageStatus:
+    """A pipeline stage: the job it takes records from, and its items not done yet."""
+
+    upstream: str
+    per: str
+    backlog: int  # items handed over by the upstream job's commits and not done
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.upstream, "per": self.per, "backlog": self.backlog}
+
+
+@dataclass(frozen=True, slots=True)
 class JobStatus:
     job: str
     model: str | None  # None for a job found in the checkpoint but not in the config
@@ -63,6 +75,7 @@ class JobStatus:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None  # None: no price for the model
+    stage: StageStatus | None = None  # None: the job reads the spool
 
     @property
     def items_done(self) -> int:
@@ -86,6 +99,7 @@ class JobStatus:
             "provider_up": self.provider_up,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "cost_usd": self.cost_usd,
+            "stage": None if self.stage is None else self.stage.to_json(),
         }
 
 
@@ -122,9 +136,9 @@ def collect(
     cannot be read.
     """
     state = cfg.paths.state / STATE_FILE
+    handed = read_stage_totals(cfg.state_dir / STATE_FILE)  # this node's stages
     if cfg.coordination is not None:  # every node's checkpoint: the whole spool's figures
-        state = cfg.paths.state
-        per_node = [read_counts(path) for path in nodes_mod.state_files(state)]
+        per_node = [read_counts(path) for path in nodes_mod.state_files(cfg.paths.state)]
         counts = {c.job: c for c in nodes_mod.merge_counts(per_node)}
     else:
         counts = {c.job: c for c in read_counts(state)}
@@ -157,6 +171,7 @@ def collect(
                 cost_usd=cost_usd(
                     cfg.prices.get(model or ""), c.prompt_tokens, c.completion_tokens
                 ),
+                stage=_stage(job, handed.get(name, 0) - sum(c.items.values())),
             )
         )
     if cfg.coordination is None:
@@ -182,6 +197,26 @@ def read_counts(state: Path) -> list[JobCounts]:
             f"cannot read the checkpoint {state}: {e} (while the daemon is stopped, "
             f"reading it needs write access to {state.parent})"
         ) from e
+
+
+def _stage(job: Any, backlog: int) -> StageStatus | None:
+    if job is None or job.config.from_ is None:
+        return None
+    return StageStatus(job.config.from_, job.config.per, max(0, backlog))
+
+
+def read_stage_totals(state: Path) -> dict[str, int]:
+    """Items handed to each pipeline stage; empty without a state (or an older one)."""
+    if not state.exists():
+        return {}
+    try:
+        cp = Checkpoint(state, readonly=True)
+        try:
+            return cp.stage_totals()
+        finally:
+            cp.close()
+    except sqlite3.OperationalError:
+        return {}  # a state from before pipelines has no hand-off table yet
 
 
 def pending_files(job_dir: Path) -> int:
@@ -291,6 +326,16 @@ def render(status: Status) -> str:
         lines.append("in flight and queued are per provider: jobs on one provider share them")
     if status.shared:
         lines.extend(nodes_mod.render(status.nodes))
+    piped = [j for j in status.jobs if j.stage is not None]
+    if piped:
+        lines.append(
+            "stages (input from another job's records, not the spool): "
+            + "; ".join(
+                f"{j.job} <- {j.stage.upstream} per {j.stage.per}: backlog {j.stage.backlog:,}"
+                for j in piped
+                if j.stage is not None
+            )
+        )
     unknown = [j.job for j in status.jobs if j.model is None]
     if unknown:
         lines.append(f"in the checkpoint but not in the config: {', '.join(unknown)}")

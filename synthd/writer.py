@@ -10,6 +10,7 @@ and commits each batch in a worker thread, in this order:
 3. commit the checkpoint: the items, the new resume points and the shard
    offsets the checkpoint now vouches for;
    and the end of every source whose items are now all done;
+   and the items of pipeline stages made from the batch's records (``hand_over``);
 4. roll full shards to their final names; move finished sources' files to
    ``done/`` (``spool.move_finished``).
 
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 import structlog
 
 from synthd import crashpoints, jsonbytes, recovery, spool
-from synthd.checkpoint import Checkpoint, Transaction
+from synthd.checkpoint import Checkpoint, StageLinks, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
 from synthd.histogram import Histogram
@@ -145,6 +146,7 @@ class Writer:
                 ),
             }
         self._key = {s: (job, kind) for job, ss in self.streams.items() for kind, s in ss.items()}
+        self.stage_links = stage_links(config)
         self.progress: dict[int, Progress] = {}
         self._pending: list[Outcome | SourceEnd] = []
         self._wake = asyncio.Event()
@@ -165,7 +167,7 @@ class Writer:
 
         Blocking; runs once before any work is read.
         """
-        return recovery.recover(self.cp, self.streams)
+        return recovery.recover(self.cp, self.streams, self.stage_links)
 
     def track(self, source: Source, done_after: dict[int, tuple[int, int]]) -> Progress:
         """Start following a source's progress from its resume point.
@@ -265,7 +267,8 @@ class Writer:
         before = [(p, p.copy()) for sid in sids if (p := self.progress.get(sid)) is not None]
         try:
             with self.cp.transaction() as tx:
-                data = self._encode(tx, outcomes)
+                kept: list[tuple[str, dict[str, Any]]] = []
+                data = self._encode(tx, outcomes, kept)
                 for (job, kind), (chunk, count) in data.items():
                     stream = self.streams[job][kind]
                     touched.setdefault(stream, stream.mark())
@@ -275,6 +278,9 @@ class Writer:
                     stream.sync()
                 crashpoints.hit("shard_fsynced")
                 tx.record(outcomes)
+                if kept:
+                    tx.hand_over(kept, self.stage_links)
+                    crashpoints.hit("stage_handed_over")
                 moved = self._advance(outcomes, ends)
                 finished = self._end_sources(tx, outcomes, ends)
                 ended = {src.id for src, _ in finished}  # no resume point needed
@@ -324,8 +330,12 @@ class Writer:
             self._unrotated.discard(stream)
 
     def _encode(
-        self, tx: Transaction, outcomes: list[Outcome]
+        self,
+        tx: Transaction,
+        outcomes: list[Outcome],
+        kept: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> dict[tuple[str, str], tuple[bytearray, int]]:
+        """The batch's lines per stream; records that feed a stage are added to ``kept``."""
         # One growing buffer per stream: see jsonbytes for why not a list to join.
         chunks: defaultdict[tuple[str, str], bytearray] = defaultdict(bytearray)
         counts: Counter[tuple[str, str]] = Counter()
@@ -340,9 +350,12 @@ class Writer:
             fresh = tx.dedupe(job, o.digests) if o.digests else [True] * len(records)
             o.records_written = sum(fresh)
             o.duplicates = len(records) - o.records_written
+            sink = kept if kept is not None and job in self.stage_links else None
             for rec, new in zip(records, fresh, strict=True):
                 if new:
                     add((job, "records"), rec)
+                    if sink is not None:
+                        sink.append((job, rec))
                 else:
                     dup = {**rec, "reason": "duplicate", "detail": "same completion seen before"}
                     add((job, "rejects"), dup)
@@ -398,3 +411,12 @@ class Writer:
                     s.close_shard()
                 except OSError as e:  # stays .part: complete up to its last newline
                     log.warning("shard_not_closed", shard=s.part_path, error=str(e))
+
+
+def stage_links(config: Config) -> StageLinks:
+    """Each job's pipeline stages and how they take its records (``from``, ``per``)."""
+    links: StageLinks = {}
+    for name, job in config.jobs.items():
+        if job.config.from_ is not None:
+            links.setdefault(job.config.from_, []).append((name, job.config.per))
+    return links

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 from synthd.sim.faults import FAULT_NAMES
 
-Mode = Literal["auto", "questions", "conversation", "json", "text"]
+Mode = Literal["auto", "questions", "conversation", "json", "text", "answer", "judge"]
 LatencyDist = Literal["lognormal", "normal"]
 LimitKind = Literal["bucket", "fixed"]
 OutageKind = Literal["503", "refuse"]

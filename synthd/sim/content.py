@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from random import Random
 from typing import Literal
 
-ConcreteMode = Literal["questions", "conversation", "json", "text"]
+ConcreteMode = Literal["questions", "conversation", "json", "text", "answer", "judge"]
 FinishReason = Literal["stop", "length"]
 
 CHARS_PER_TOKEN = 4
@@ -108,8 +108,13 @@ class PromptInfo:
 
 
 def detect_mode(prompt: str) -> ConcreteMode:
-    """Keyword rules, case-insensitive, first match wins: question, conversation, json, text."""
+    """Keyword rules, case-insensitive, first match wins: a judge's rubric (faithfulness),
+    an answer (answer the question), question, conversation, json, text."""
     t = prompt.lower()
+    if "faithfulness" in t:
+        return "judge"
+    if "answer the question" in t:
+        return "answer"
     if "question" in t:
         return "questions"
     if "conversation" in t or "chat between" in t or "dialogue" in t:
@@ -304,7 +309,49 @@ def prose(info: PromptInfo, rng: Random) -> str:
     return "\n\n".join(paragraphs)
 
 
+_NOT_SAID = (
+    "The passage does not say.",
+    "The passage does not say; it only describes {a}.",
+    "This is not stated in the passage.",
+)
+
+
+def answer(info: PromptInfo, rng: Random) -> str:
+    """One to three sentences; ~15% say the passage does not say (a stage's filter's work)."""
+    if rng.random() < 0.15:
+        return rng.choice(_NOT_SAID).format(a=_noun(info.words, rng))
+    return _sentences(info.words, rng, rng.randint(1, 3))
+
+
+_REASONS = (
+    "The answer follows the passage closely and addresses the question.",
+    "Mostly supported by the passage, though it leaves out a detail.",
+    "The answer is vague and only loosely tied to the passage.",
+    "It adds claims the passage does not make.",
+)
+
+
+def verdict(info: PromptInfo, rng: Random) -> str:
+    """A judge's JSON verdict: faithfulness, usefulness, score (the lower), reason.
+
+    ~20% score 4 or less (a judge's ``min_score`` has work to do), ~3% is not JSON.
+    """
+    if rng.random() < 0.03:
+        return "The answer seems reasonable overall."
+    low = rng.random() < 0.20
+    faithful = rng.randint(1, 4) if low else rng.randint(6, 10)
+    useful = rng.randint(faithful, 10) if low else rng.randint(5, 10)
+    score = min(faithful, useful)
+    reason = _REASONS[2 + rng.randrange(2)] if low else _REASONS[rng.randrange(2)]
+    return (
+        f'{{"faithfulness": {faithful}, "usefulness": {useful}, "score": {score}, '
+        f'"reason": "{reason}"}}'
+    )
+
+
 _WRITERS = {
+    "answer": answer,
+    "judge": verdict,
     "questions": questions,
     "conversation": conversation,
     "json": json_object,

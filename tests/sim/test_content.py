@@ -6,9 +6,11 @@ the bounds only check that each share is near its nominal value.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +173,38 @@ def test_text_shape_and_refusals() -> None:
 
 def test_analyse_mode_override() -> None:
     assert content.analyse("questions please", "json").mode == "json"
+
+
+# -- a pipeline's stages: answers and a judge's verdicts ------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_stage_prompts_are_read_as_answer_and_judge() -> None:
+    assert content.detect_mode((ROOT / "prompts" / "answer.txt").read_text()) == "answer"
+    assert content.detect_mode((ROOT / "prompts" / "qa_judge.txt").read_text()) == "judge"
+    for other in ("questions.txt", "analysis.txt", "coach.txt"):
+        assert content.detect_mode((ROOT / "prompts" / other).read_text()) not in {
+            "answer",
+            "judge",
+        }
+
+
+def test_answers_sometimes_say_the_passage_does_not_say() -> None:
+    texts = _answers(content.analyse("Answer the question: harbour fishing boats", "answer"))
+    not_said = [t for t in texts if re.search(r"(?i)passage does not say|not stated", t)]
+    assert 0.10 < len(not_said) / SAMPLES < 0.20
+    assert all(t.endswith(".") for t in texts)
+
+
+def test_verdicts_are_json_with_score_and_reason_and_some_are_low() -> None:
+    texts = _answers(content.analyse("Rate faithfulness of the answer", "judge"))
+    verdicts = []
+    for t in texts:
+        with contextlib.suppress(json.JSONDecodeError):
+            verdicts.append(json.loads(t))
+    assert 0.95 < len(verdicts) / SAMPLES < 0.99, "a few are not JSON"
+    assert all(v["score"] == min(v["faithfulness"], v["usefulness"]) for v in verdicts)
+    assert all(isinstance(v["reason"], str) and v["reason"] for v in verdicts)
+    low = [v for v in verdicts if v["score"] <= 4]
+    assert 0.15 < len(low) / len(verdicts) < 0.25

@@ -382,3 +382,75 @@ def test_a_wrong_coordination_names_the_key(
     err = load_error(write(folder, f"[coordination]\n{table}\n" + MINIMAL))
     assert err.key == key
     assert problem in err.problem
+
+
+# -- pipelines: from, per, judge ----------------------------------------------------
+
+
+STAGES = """
+[jobs.q]
+prompt = "p.txt"
+model = "m"
+[jobs.q.filters]
+split = "lines"
+[jobs.a]
+from = "q"
+per = "item"
+prompt = "a.txt"
+model = "m"
+"""
+
+
+def test_a_stage_loads_with_its_placeholders(folder: Path) -> None:
+    (folder / "a.txt").write_text("{{context}} {{item}} {{parent}}", encoding="utf-8")
+    cfg = load(write(folder, STAGES))
+    assert (cfg.jobs["a"].config.from_, cfg.jobs["a"].config.per) == ("q", "item")
+    assert cfg.jobs["q"].config.from_ is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        (STAGES.replace('from = "q"', 'from = "nope"'), "jobs.a.from", "no job named 'nope'"),
+        (STAGES.replace("[jobs.q]\n", '[jobs.q]\nfrom = "a"\n'), "jobs.q.from", "a cycle"),
+        (STAGES.replace('split = "lines"', 'split = "none"'), "jobs.a.per", "split"),
+        (STAGES.replace('per = "item"', 'per = "each"'), "jobs.a.per", "got 'each'"),
+        (STAGES + "[jobs.q.judge]\nmin_score = 5\n", "jobs.q.judge", "set from"),
+        (
+            STAGES + "samples = 2\n[jobs.a.judge]\nmin_score = 5\n",
+            "jobs.a.samples",
+            "samples = 1",
+        ),
+    ],
+)
+def test_a_wrong_pipeline_names_file_and_key(
+    folder: Path, text: str, key: str, problem: str
+) -> None:
+    (folder / "a.txt").write_text("{{context}} {{item}}", encoding="utf-8")
+    err = load_error(write(folder, text))
+    assert err.file.endswith("synthd.toml")
+    assert err.key == key
+    assert problem in err.problem
+
+
+def test_item_is_not_fillable_where_no_stage_made_one(folder: Path) -> None:
+    (folder / "a.txt").write_text("{{item}}", encoding="utf-8")
+    err = load_error(write(folder, STAGES.replace('per = "item"', 'per = "record"')))
+    assert err.key == "jobs.a.prompt"
+    assert "item" in err.problem
+    assert "from = 'q'" in err.problem
+
+
+def test_the_shipped_pipeline_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    cfg = load(root / "config" / "qa.toml")
+    links = {n: (j.config.from_, j.config.per) for n, j in cfg.jobs.items()}
+    assert links == {
+        "questions": (None, "record"),
+        "answers": ("questions", "item"),
+        "qa_judge": ("answers", "record"),
+    }
+    judge = cfg.jobs["qa_judge"].config.judge
+    assert judge is not None
+    assert judge.min_score == 6

@@ -121,6 +121,7 @@ def test_known_spool_exact_figures(work: Workdir) -> None:
         completion_tokens_max=600,  # 3 requests x 100 max_tokens x 2 samples
         reserved_tokens=612,
         failing_files={"empty.txt": "empty", "bin.txt": "binary"},
+        context_chars=13,  # "two", "alpha", "delta"
     )
     assert t.cost == dryrun.Cost(input_usd=0.000024, output_usd_max=0.006)
     assert t.cost.total_usd_max == 0.006024
@@ -231,3 +232,90 @@ def test_a_chunks_job_shows_how_each_file_is_cut(work: Workdir) -> None:
     assert orjson.loads(orjson.dumps(plan.to_json()))["jobs"][0]["chunked"][0]["passages"] == (
         book.passages
     )
+
+
+# -- a pipeline: the chain costed from its first stage's backlog ---------------------------
+
+CHAIN = """
+[provider]
+base_url = "http://127.0.0.1:9/v1"
+rpm = 60
+tpm = 1000000
+
+[prices."m-1"]
+input_per_mtok = 2.0
+output_per_mtok = 10.0
+
+[jobs.q]
+prompt = "prompts/q.txt"
+model = "m-1"
+max_tokens = 100
+[jobs.q.filters]
+split = "lines"
+max_items = 4
+
+[jobs.a]
+from = "q"
+per = "item"
+prompt = "prompts/a.txt"
+model = "m-1"
+max_tokens = 50
+
+[jobs.j]
+from = "a"
+prompt = "prompts/j.txt"
+model = "m-1"
+max_tokens = 20
+[jobs.j.judge]
+min_score = 5
+"""
+
+
+def chain_fixture(work: Workdir) -> config.Config:
+    prompts = work.path / "prompts"
+    (prompts / "q.txt").write_text("Q: {{context}}")
+    (prompts / "a.txt").write_text("A: {{context}} {{item}}")
+    (prompts / "j.txt").write_text("J: {{context}} {{item}} {{completion}}")
+    cfg = work.path / "config" / "synthd.toml"
+    cfg.write_text(CHAIN)
+    spool = work.spool("q")
+    (spool / "one.txt").write_text("x" * 400)
+    (spool / "two.txt").write_text("y" * 400)
+    return config.load(cfg)
+
+
+def test_a_stage_is_costed_from_its_upstream_backlog(work: Workdir) -> None:
+    result = dryrun.plan(chain_fixture(work), ["a"], n=1)
+    plans = {p.job: p for p in result.jobs}
+    assert list(plans) == ["q", "a", "j"], "the whole chain, each stage after its upstream"
+    q, a, j = plans["q"].backlog, plans["a"].backlog, plans["j"].backlog
+    assert (q.requests, q.projected_requests, q.fan_out) == (2, 0, None)
+    # No history yet: per item, at most max_items = 4 a record; the judge, one per answer.
+    assert (a.requests, a.projected_requests, a.fan_out) == (0, 8, 4.0)
+    assert (j.projected_requests, j.fan_out) == (8, 1.0)
+    # A's prompt: "A:  " (4 chars) + the passage (400) + one of 4 items of 100 tokens (100).
+    assert a.prompt_tokens == 8 * 126
+    assert a.completion_tokens_max == 8 * 50
+    assert plans["a"].cost is not None
+    assert result.providers[0].requests == 2 + 8 + 8
+    text = dryrun.render(result)
+    assert "~8 more requests projected from its upstream's backlog at 4 per upstream record" in text
+    assert "pipelines: every stage above, from its first stage's backlog: <= $" in text
+
+
+def test_items_already_handed_to_a_stage_are_rendered_as_it_would_send_them(
+    work: Workdir,
+) -> None:
+    cfg = chain_fixture(work)
+    cp = Checkpoint(cfg.paths.state / "synthd.db")
+    rec = {"id": "p1", "context": "the passage", "completion": "a?\nb?", "items": ["a?", "b?"]}
+    with cp.transaction() as tx:
+        tx.hand_over([("q", {**rec, "fingerprint": "f"})], {"q": [("a", "item")]})
+    cp.close()
+    a = {p.job: p for p in dryrun.plan(cfg, ["a"], n=5).jobs}["a"]
+    assert a.backlog.requests == 2
+    assert [s.body["messages"][-1]["content"] for s in a.samples] == [
+        "A: the passage a?",
+        "A: the passage b?",
+    ]
+    assert [s.file for s in a.samples] == ["q/p1/0", "q/p1/1"]

@@ -32,6 +32,7 @@ from synthd.exportcheck import (
     text_tokens,
     training_cost,
 )
+from synthd.prompts import Template
 from synthd.sim import SimConfig, running_sim
 
 CONFIG = """
@@ -272,6 +273,18 @@ def test_user_from_prompt_takes_the_rendered_prompt() -> None:
         {"role": "user", "content": "Passage:\nThe vote passed.\n\nQuestions:"},
         {"role": "assistant", "content": "Why now?"},
     ]
+
+
+def test_a_user_template_puts_a_pipeline_record_s_passage_and_question_together() -> None:
+    spec = Spec(**{**_fields(SPEC), "user_template": Template("{{context}}\n\nQ: {{item}}")})
+    judged = {"id": "j", "context": "The vote passed.", "item": "Why now?", "completion": "Dues."}
+    assert to_example("chat", spec, judged)["messages"] == [
+        {"role": "user", "content": "The vote passed.\n\nQ: Why now?"},
+        {"role": "assistant", "content": "Dues."},
+    ]
+    with pytest.raises(Unusable) as e:
+        to_example("chat", spec, {**judged, "item": None})
+    assert e.value.kind == "missing_field"
 
 
 def test_an_empty_export_system_leaves_the_job_system_prompt_out(deploy: Path) -> None:

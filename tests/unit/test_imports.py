@@ -48,6 +48,8 @@ PURE = frozenset(
         "synthd.sim.faults",
         "synthd.sim.limits",
         "synthd.sim.protocol",
+        "synthd.stages",
+        "synthd.judge",
     }
 )
 IO = frozenset(
@@ -83,6 +85,7 @@ IO = frozenset(
         "synthd.sim",
         "synthd.sim.__main__",
         "synthd.sim.server",
+        "synthd.handoff",
     }
 )
 # Neither: typed settings and observation that both sides use. ``config`` reads files and

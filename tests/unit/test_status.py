@@ -89,6 +89,7 @@ T_JSON = {
     "provider_up": None,
     "tokens": {"prompt": 190, "completion": 95},
     "cost_usd": 0.00133,  # (190 x 2.0 + 95 x 10.0) / 1e6
+    "stage": None,  # reads the spool: not a pipeline stage
 }
 
 
