@@ -72,6 +72,7 @@ IO = frozenset(
         "synthd.sim",
         "synthd.sim.__main__",
         "synthd.sim.server",
+        "synthd.sim.batches",
     }
 )
 # Neither: typed settings and observation that both sides use. ``config`` reads files and
