@@ -26,6 +26,9 @@ import structlog
 
 from synthd import config as config_mod
 from synthd import memory, notify
+from synthd.batchapi import BatchApi
+from synthd.batches import EnqueuedTokens, JobBatches
+from synthd.batchstore import BatchStore
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
@@ -84,6 +87,8 @@ class Daemon:
         self.started = time.time()
         self.failure: tuple[str, str] | None = None  # (task, error) that stopped the daemon
         self.loop_lag = LoopLag()
+        self.batchers: dict[str, JobBatches] = {}  # batch-mode jobs
+        self._batch_apis: list[BatchApi] = []
 
     # -- run ---------------------------------------------------------------
 
@@ -97,6 +102,7 @@ class Daemon:
         adopted = await asyncio.to_thread(self.writer.recover)
         log.info("recovered", adopted=adopted, state=str(self.checkpoint.path))
         await self._start_dispatchers()
+        await self._start_batches()
         writer_task = asyncio.create_task(self.writer.run(), name="writer")
         writer_task.add_done_callback(self._writer_ended)
         service = await self._start_service()
@@ -122,6 +128,10 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
             await self._drain()
+            for b in self.batchers.values():
+                await b.stop()
+            for api in self._batch_apis:
+                await api.close()
             for d in self.dispatchers.values():
                 await d.stop()
             # The writer's last commit must complete even if we are cancelled.
@@ -200,14 +210,23 @@ class Daemon:
             self.failure = ("writer", str(exc) or repr(exc))
 
     async def _until_stopped(self) -> None:
-        waits = [asyncio.create_task(self._stop.wait())]
+        waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._stop.wait())]
         if self.once:
-            waits.append(asyncio.create_task(self.feeder.quiet.wait()))
+            waits.append(asyncio.create_task(self._once_done()))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
+
+    async def _once_done(self) -> None:
+        """The spool is read and its items committed, or packed: then every part-full
+        pack goes at once, and once mode waits for every batch's results."""
+        await self.feeder.quiet.wait()
+        for b in self.batchers.values():
+            b.flush()
+        for b in self.batchers.values():
+            await b.until_idle()
 
     async def _drain(self) -> None:
         """Let admitted items finish, up to the grace period or a second signal."""
@@ -256,6 +275,31 @@ class Daemon:
         for name, job in self.config.jobs.items():
             self.jobs[name] = JobRuntime(job, _filters(job), self.dispatchers[job.config.provider])
 
+    async def _start_batches(self) -> None:
+        """Batch-mode jobs get their packer and the drivers of the batches left open."""
+        wanted = [rt for rt in self.jobs.values() if rt.job.config.mode == "batch"]
+        if not wanted:
+            return
+        store = await asyncio.to_thread(BatchStore, self.checkpoint)
+        apis: dict[str, tuple[BatchApi, EnqueuedTokens]] = {}
+        for rt in wanted:
+            provider = rt.job.config.provider
+            if provider not in apis:
+                cfg = self.config.providers[provider]
+                api = BatchApi(
+                    cfg, self.config.api_key(provider), self.dispatchers[provider].budget
+                )
+                await api.start()
+                self._batch_apis.append(api)
+                apis[provider] = (api, EnqueuedTokens(cfg.batch_enqueued_tokens))
+            api, tokens = apis[provider]
+            folder = self.config.paths.state / "batches" / rt.job.name
+            price = self.config.prices.get(rt.job.config.model)
+            b = JobBatches(rt, store, api, tokens, self.writer, folder, price, self._fail)
+            self.batchers[rt.job.name] = b
+            self.feeder.batchers[rt.job.name] = b
+            await b.start()
+
     async def _start_service(self) -> Any:
         listen = self.config.service.listen
         if not listen:
@@ -301,6 +345,8 @@ class Daemon:
                 if o.duplicates:
                     rt.stats.reject("duplicate", o.duplicates)
         self.feeder.committed(outcomes)
+        for b in self.batchers.values():
+            b.committed(outcomes)
 
     def _source_done(self, src: Source, path: str) -> None:
         log.debug("file_done", job=src.job, file=src.name, moved_to=path)

@@ -22,6 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "synthd"
 
 PURE = frozenset(
     {
+        "synthd.batchfile",
         "synthd.circuit",
         "synthd.cost",
         "synthd.request",
@@ -47,6 +48,9 @@ PURE = frozenset(
 )
 IO = frozenset(
     {
+        "synthd.batchapi",
+        "synthd.batches",
+        "synthd.batchstore",
         "synthd.budget",
         "synthd.recovery",
         "synthd.sim.run",
