@@ -122,6 +122,7 @@ class JobBatches:
         self._idle = asyncio.Event()
         self._online: set[tuple[int, int]] = set()
         self._rng_state = 0
+        self._enqueued_before: dict[int, int] = {}  # batch -> tokens enqueued when it was made
         self.made = 0  # batches created this run, for the benchmark and the log
 
     def _new_pack(self) -> Pack:
@@ -308,6 +309,7 @@ class JobBatches:
                 crashpoints.hit("batch_uploaded")
                 await asyncio.to_thread(self.store.uploaded, row.id, file_id)
             await self.tokens.acquire(row.tokens)
+            self._enqueued_before[row.id] = self.tokens.used - row.tokens
             try:
                 fid = file_id
                 obj = await self._retrying(
@@ -397,8 +399,10 @@ class JobBatches:
                 handled.add(r.custom_id)
         whole = batch_failure(obj) if status == "failed" else f"batch_{status}"
         if whole == _TOKEN_LIMIT:
-            # What is enqueued now is the most the provider takes: wait for room.
-            self.tokens.limit = max(1, self.tokens.used)
+            # The provider's limit is below what was enqueued with this batch: keep under it
+            # from now on (a batch alone over it still goes, when nothing else is enqueued).
+            before = self._enqueued_before.pop(row.id, 0)
+            self.tokens.limit = min(self.tokens.limit, max(1, before + row.tokens - 1))
             log.warning("batch_token_limit", job=self.name, batch=row.key, limit=self.tokens.limit)
         again: list[Member] = []
         online: list[Member] = []

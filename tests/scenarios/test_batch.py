@@ -63,3 +63,81 @@ async def test_once_sends_every_item_in_batches_and_records_each_once(
     assert daemon.batchers["q"].made == 4
     assert not plain.sim.batches.files, "input and output files are deleted"
     assert (work.spool("q") / "done" / "topics.txt").exists()
+
+
+def sim_batches(s: RunningSim) -> list[dict[str, Any]]:
+    return [b.obj() for b in s.sim.batches.batches.values()]
+
+
+async def test_failed_lines_are_resubmitted_alone_until_done(work: Workdir) -> None:
+    async for s in sim(batch_p_line_fail=0.3, fault_seed=3):
+        write_provider_config(work, s.base_url, batch_job(batch_max_resubmits=12))
+        spool_lines(work)
+        await run_once(work)
+        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        assert len(work.lines("q")) == N_LINES
+        made = sim_batches(s)
+        assert len(made) > 4  # the failed lines went again ...
+        sent = sum(b["request_counts"]["total"] for b in made)
+        failed = sum(b["request_counts"]["failed"] for b in made)
+        assert sent == N_LINES + failed  # ... and only they did
+
+
+async def test_an_expired_batch_resubmits_its_remainder(work: Workdir) -> None:
+    async for s in sim(batch_expire_every=2):
+        write_provider_config(work, s.base_url, batch_job(batch_max_resubmits=10))
+        spool_lines(work)
+        await run_once(work)
+        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        assert len(work.lines("q")) == N_LINES
+        made = sim_batches(s)
+        assert any(b["status"] == "expired" for b in made)
+        assert sum(b["request_counts"]["completed"] for b in made) == N_LINES
+
+
+async def test_resubmits_run_out_into_dead_letters_with_the_reason(work: Workdir) -> None:
+    async for s in sim(batch_expire_every=1):
+        write_provider_config(work, s.base_url, batch_job(batch_max_resubmits=1))
+        spool_lines(work)
+        await run_once(work)
+        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        dead = work.lines("q", "dead")
+        assert dead and all("batch_expired" in d["error"] and d["batch_id"] for d in dead)
+        assert len(work.lines("q")) + len(dead) == N_LINES
+        assert s.stats()["requests"] == 0  # no fallback asked: nothing online
+
+
+async def test_fallback_online_sends_what_an_expiry_left(work: Workdir) -> None:
+    async for s in sim(batch_expire_every=1):
+        write_provider_config(work, s.base_url, batch_job(batch_fallback='"online"'))
+        spool_lines(work)
+        await run_once(work)
+        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        recs = work.lines("q")
+        assert len(recs) == N_LINES
+        online = [r for r in recs if "batch_id" not in r]
+        assert online and s.stats()["requests"] == len(online)
+        assert len(sim_batches(s)) == 4  # the remainder did not go in another batch
+
+
+async def test_a_failed_batch_is_sent_again_whole(work: Workdir) -> None:
+    async for s in sim(batch_fail_every=2):
+        write_provider_config(work, s.base_url, batch_job())
+        spool_lines(work)
+        await run_once(work)
+        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        assert len(work.lines("q")) == N_LINES
+        assert any(b["status"] == "failed" for b in sim_batches(s))
+
+
+async def test_token_limit_exceeded_then_success(work: Workdir) -> None:
+    async for s in sim(batch_enqueued_tokens=2000, batch_time_s=0.3):
+        write_provider_config(work, s.base_url, batch_job())
+        spool_lines(work)
+        await run_once(work)
+        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        assert len(work.lines("q")) == N_LINES
+        made = sim_batches(s)
+        codes = [b["errors"]["data"][0]["code"] for b in made if b["status"] == "failed"]
+        assert codes and set(codes) == {"token_limit_exceeded"}
+        assert sum(b["request_counts"]["completed"] for b in made) == N_LINES
