@@ -293,7 +293,8 @@ class JobBatches:
         if row.state == "submitted":
             assert row.remote_id is not None
             self.tokens.used += row.tokens  # enqueued before the restart: still counts
-            return {"id": row.remote_id, "status": row.remote_status}, True
+            rid = row.remote_id
+            return await self._retrying(lambda: self.api.get(rid)), True
         try:
             if recovered:
                 found = await self._retrying(lambda: self.api.find(row.key, row.created_at))
