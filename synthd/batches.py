@@ -51,7 +51,7 @@ from synthd.batchfile import (
 from synthd.batchstore import BatchRow, BatchStore, NewBatch
 from synthd.client import parse_reply
 from synthd.config import Price
-from synthd.cost import price_usd
+from synthd.cost import BATCH_DISCOUNT, price_usd
 from synthd.errors import MalformedResponse, ProviderError, Retryable
 from synthd.models import Outcome, Rejection, WorkItem
 from synthd.pipeline import Attempt, JobRuntime, JobSnapshot
@@ -61,7 +61,6 @@ from synthd.writer import Writer
 log = structlog.get_logger("synthd.batches")
 
 PACKED_AHEAD = 2  # packs recorded but not yet created before the feeder waits
-BATCH_DISCOUNT = 0.5  # the Batch API's price, as a share of the online price
 _TOKEN_LIMIT = "token_limit_exceeded"
 
 
@@ -123,6 +122,7 @@ class JobBatches:
         self._online: set[tuple[int, int]] = set()
         self._rng_state = 0
         self._enqueued_before: dict[int, int] = {}  # batch -> tokens enqueued when it was made
+        self._open: dict[int, tuple[str, int]] = {}  # batch -> (state, requests), for /metrics
         self.made = 0  # batches created this run, for the benchmark and the log
 
     def _new_pack(self) -> Pack:
@@ -233,6 +233,18 @@ class JobBatches:
         else:
             self._idle.clear()
 
+    def _show(self, row: BatchRow, state: str | None) -> None:
+        """Keep the job's batch gauges (``JobStats.batches``) to the batch's state."""
+        if state is None:
+            self._open.pop(row.id, None)
+        else:
+            self._open[row.id] = (state, row.requests)
+        counts: dict[str, int] = {}
+        for s, _ in self._open.values():
+            counts[s] = counts.get(s, 0) + 1
+        self.rt.stats.batches = counts
+        self.rt.stats.batch_requests = sum(n for _, n in self._open.values())
+
     def _submitted_one(self) -> None:
         self._unsubmitted -= 1
         if self._unsubmitted < PACKED_AHEAD:
@@ -275,6 +287,7 @@ class JobBatches:
 
     async def _drive(self, row: BatchRow, recovered: bool) -> None:
         held = False
+        self._show(row, row.state)
         try:
             obj, held = await self._submit(row, recovered)
             if obj.get("status") not in TERMINAL:
@@ -282,9 +295,11 @@ class JobBatches:
             if held:
                 self.tokens.release(row.tokens)
                 held = False
+            self._show(row, str(obj.get("status")))
             await self.resumed.wait()  # outcomes only for files the writer follows
             await self._settle(row, obj)
         finally:
+            self._show(row, None)
             if held:
                 self.tokens.release(row.tokens)
 
@@ -322,6 +337,7 @@ class JobBatches:
             crashpoints.hit("batch_created")
             await asyncio.to_thread(self.store.submitted, row.id, obj)
             self.made += 1
+            self.rt.stats.batches_created += 1
             log.info("batch_created", job=self.name, batch=row.key, id=obj["id"])
             return obj, True
         except ProviderError as e:  # refused (a 4xx): the batch failed whole
@@ -342,6 +358,7 @@ class JobBatches:
             polls += 1
             obj: dict[str, Any] = await self._retrying(lambda: self.api.get(batch_id))
             await asyncio.to_thread(self.store.observed, row.id, obj)
+            self._show(row, str(obj.get("status")))
             if obj.get("status") in TERMINAL:
                 return obj
 

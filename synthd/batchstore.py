@@ -18,6 +18,7 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -319,3 +320,45 @@ def _prefix(db: sqlite3.Connection) -> str:
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('claims', 0)")
         return value
     return str(row[0])
+
+
+COMPLETION_WINDOW_S = 24 * 3600
+
+
+def describe(row: BatchRow, now: float) -> dict[str, Any]:
+    """A batch as ``synthd status`` shows it: state, counts, age, expected finish (unix s).
+
+    The expected finish extrapolates the provider's counts; before any line is done it is
+    the end of the completion window, the latest the provider promises.
+    """
+    state = row.remote_status or row.state
+    expected: float | None = None
+    if row.state == "submitted" and row.submitted_at is not None:
+        expected = row.submitted_at + COMPLETION_WINDOW_S
+        finished = row.completed + row.failed
+        if 0 < finished < row.requests:
+            expected = min(expected, now + (now - row.submitted_at) * (row.requests / finished - 1))
+    return {
+        "job": row.job,
+        "batch": row.key,
+        "id": row.remote_id,
+        "state": "closed" if row.state == "closed" else state,
+        "requests": row.requests,
+        "completed": row.completed,
+        "failed": row.failed,
+        "round": row.round,
+        "age_s": round(now - row.created_at, 1),
+        "expected_finish": None if expected is None else round(expected, 1),
+        "reason": row.reason,
+    }
+
+
+def read_batches(state: Path, limit: int = 20) -> list[BatchRow]:
+    """Open batches and the latest closed ones, read-only; none when there is no state."""
+    if not state.exists():
+        return []
+    cp = Checkpoint(state, readonly=True)
+    try:
+        return BatchStore(cp, readonly=True).recent(limit)
+    finally:
+        cp.close()

@@ -35,7 +35,7 @@ from synthd import items as items_mod
 from synthd import request, spool
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.config import Config, Job, Price
-from synthd.cost import price_usd
+from synthd.cost import BATCH_DISCOUNT, price_usd
 from synthd.errors import ConfigError, InputError
 from synthd.fingerprint import sampling_params
 from synthd.models import BadLine, Source, WorkItem
@@ -93,6 +93,7 @@ class JobPlan:
     cost: Cost | None  # None: no [prices."<model>"]
     minutes: float  # at the provider's budget, as if the job had it to itself
     bound: str  # "requests" or "tokens": which limit sets the time
+    mode: str = "online"  # "batch": priced at the Batch API's rate, done within 24 h
 
     def to_json(self) -> dict[str, Any]:
         b = self.backlog
@@ -124,6 +125,7 @@ class JobPlan:
             },
             "minutes": self.minutes,
             "bound_by": self.bound,
+            "mode": self.mode,
         }
 
 
@@ -261,12 +263,23 @@ def _plan_job(cfg: Config, job: Job, cp: Checkpoint | None, n: int) -> JobPlan:
         samples_per_request=jc.samples,
         samples=samples,
         backlog=backlog,
-        cost=estimate_cost(
-            cfg.prices.get(jc.model), backlog.prompt_tokens, backlog.completion_tokens_max
+        cost=_at_rate(
+            estimate_cost(
+                cfg.prices.get(jc.model), backlog.prompt_tokens, backlog.completion_tokens_max
+            ),
+            BATCH_DISCOUNT if jc.mode == "batch" else 1.0,
         ),
         minutes=minutes,
         bound=bound,
+        mode=jc.mode,
     )
+
+
+def _at_rate(cost: Cost | None, share: float) -> Cost | None:
+    """A batch job's cost: the online price times the Batch API's share."""
+    if cost is None or share == 1.0:
+        return cost
+    return Cost(round(cost.input_usd * share, 6), round(cost.output_usd_max * share, 6))
 
 
 def _unsendable(job: Job, item: WorkItem, why: request.Unsendable) -> None:
@@ -365,8 +378,12 @@ def render(result: DryRun) -> str:
             out.append(
                 f"cost: <= ${j.cost.total_usd_max:,.4f} "
                 f"(input ~${j.cost.input_usd:,.4f} + output <= ${j.cost.output_usd_max:,.4f})"
+                + (" at the batch rate (half the online price)" if j.mode == "batch" else "")
             )
-        out.append(f"time: ~{_duration(j.minutes)} at the provider's budget ({j.bound}-bound)")
+        if j.mode == "batch":
+            out.append("time: batch mode: results within 24 h (the provider's completion window)")
+        else:
+            out.append(f"time: ~{_duration(j.minutes)} at the provider's budget ({j.bound}-bound)")
         out.append("")
     for p in result.providers:
         out.append(

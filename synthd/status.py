@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import http.client
 import sqlite3
+import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from synthd import spool
+from synthd import batchstore, spool
 from synthd.checkpoint import STATE_FILE, Checkpoint, JobCounts
 from synthd.config import Config, Price, parse_listen
 from synthd.cost import price_usd
@@ -95,6 +96,7 @@ class Status:
     metrics_url: str | None
     daemon_running: bool
     jobs: list[JobStatus]
+    batches: list[dict[str, Any]] = field(default_factory=list)  # batchstore.describe each
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +105,7 @@ class Status:
             "metrics_url": self.metrics_url,
             "daemon_running": self.daemon_running,
             "jobs": [j.to_json() for j in self.jobs],
+            "batches": self.batches,
         }
 
 
@@ -148,7 +151,17 @@ def collect(
                 ),
             )
         )
-    return Status(str(cfg.source), str(state), url, live is not None, jobs)
+    return Status(str(cfg.source), str(state), url, live is not None, jobs, read_batches(state))
+
+
+def read_batches(state: Path) -> list[dict[str, Any]]:
+    """Batch mode's batches: every open one, then the latest closed."""
+    try:
+        rows = batchstore.read_batches(state)
+    except sqlite3.Error as e:
+        raise SynthdError(f"cannot read the checkpoint {state}: {e}") from e
+    now = time.time()
+    return [batchstore.describe(r, now) for r in rows]
 
 
 def read_counts(state: Path) -> list[JobCounts]:
@@ -281,7 +294,26 @@ def render(status: Status) -> str:
     unpriced = sorted({j.model for j in status.jobs if j.cost_usd is None and j.model})
     if unpriced:
         lines.append(f'no [prices."<model>"] for: {", ".join(unpriced)}')
+    lines.extend(_batch_lines(status.batches))
     return "\n".join(lines) + "\n"
+
+
+def _batch_lines(batches: list[dict[str, Any]]) -> list[str]:
+    if not batches:
+        return []
+    out = ["batches (batch mode): job  batch  id  state  done/failed/requests  age  expected"]
+    now = time.time()
+    for b in batches:
+        expected = "-"
+        if b["expected_finish"] is not None:
+            expected = f"in {max(0.0, b['expected_finish'] - now) / 60:,.1f} min"
+        out.append(
+            f"  {b['job']}  {b['batch']}  {b['id'] or '-'}  {b['state']}"
+            f"  {b['completed']}/{b['failed']}/{b['requests']}"
+            f"  {b['age_s'] / 60:,.1f} min  {expected}"
+            + (f"  ({b['reason']})" if b["reason"] else "")
+        )
+    return out
 
 
 def _row(j: JobStatus) -> list[str]:

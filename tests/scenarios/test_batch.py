@@ -141,3 +141,36 @@ async def test_token_limit_exceeded_then_success(work: Workdir) -> None:
         codes = [b["errors"]["data"][0]["code"] for b in made if b["status"] == "failed"]
         assert codes and set(codes) == {"token_limit_exceeded"}
         assert sum(b["request_counts"]["completed"] for b in made) == N_LINES
+
+
+async def test_status_metrics_and_dry_run_know_batches(work: Workdir, plain: RunningSim) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from synthd import config, dryrun, status
+    from synthd.metrics import StatsCollector
+
+    prices = '[prices."sim-1"]\ninput_per_mtok = 2.0\noutput_per_mtok = 8.0\n'
+    path = write_provider_config(work, plain.base_url, batch_job() + prices)
+    spool_lines(work)
+    cfg = config.load(path)
+    online = config.load(
+        write_provider_config(work, plain.base_url, simple_job("q", input='"lines"') + prices)
+    )
+    batch_plan, online_plan = dryrun.plan(cfg).jobs[0], dryrun.plan(online).jobs[0]
+    assert batch_plan.mode == "batch" and batch_plan.cost and online_plan.cost
+    assert batch_plan.cost.total_usd_max == round(online_plan.cost.total_usd_max / 2, 6)
+    assert "at the batch rate" in dryrun.render(dryrun.plan(cfg))
+    write_provider_config(work, plain.base_url, batch_job() + prices)
+
+    daemon = await run_once(work)
+    registry = CollectorRegistry()
+    registry.register(StatsCollector({"q": daemon.jobs["q"].stats}, {}))
+    text = generate_latest(registry).decode()
+    assert 'synthd_batches_created_total{job="q"} 4.0' in text
+    assert 'synthd_batch_requests{job="q"} 0.0' in text
+
+    st = status.collect(cfg)
+    assert len(st.batches) == 4 and {b["state"] for b in st.batches} == {"closed"}
+    assert sum(b["completed"] for b in st.batches) == N_LINES
+    assert "batches (batch mode)" in status.render(st)
+    assert all(r["cost_usd"] > 0 for r in work.lines("q"))
