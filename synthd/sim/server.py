@@ -341,7 +341,7 @@ SIM_KEY = web.AppKey("sim", Sim)
 def make_app(cfg: SimConfig) -> web.Application:
     """The aiohttp application; its Sim state is ``app[SIM_KEY]``. Does not bind anything."""
     sim = Sim(cfg)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=256 * 1024 * 1024)  # a batch file: up to 200 MB
     app[SIM_KEY] = sim
 
     async def on_shutdown(app: web.Application) -> None:
