@@ -44,7 +44,7 @@ from synthd.batchfile import (
     batch_failure,
     body_of,
     custom_id,
-    parse_results,
+    parse_lines,
     poll_delay_s,
     request_line,
 )
@@ -62,6 +62,9 @@ log = structlog.get_logger("synthd.batches")
 
 PACKED_AHEAD = 2  # packs recorded but not yet created before the feeder waits
 _TOKEN_LIMIT = "token_limit_exceeded"
+# Result lines turned into outcomes and committed before the next are read: a batch of
+# 50,000 never has all its records in memory at once.
+SETTLE_CHUNK = 1000
 
 
 class EnqueuedTokens:
@@ -123,6 +126,7 @@ class JobBatches:
         self._rng_state = 0
         self._enqueued_before: dict[int, int] = {}  # batch -> tokens enqueued when it was made
         self._open: dict[int, tuple[str, int]] = {}  # batch -> (state, requests), for /metrics
+        self._settling = asyncio.Lock()
         self.made = 0  # batches created this run, for the benchmark and the log
 
     def _new_pack(self) -> Pack:
@@ -254,6 +258,7 @@ class JobBatches:
 
     async def _record(self, pack: Pack, snap: JobSnapshot) -> None:
         row = await self._write(pack, snap.job.config.api, snap.job.fingerprint, snap.params)
+        del pack  # its lines are on disk now: not kept for the batch's life
         await self._drive(row, recovered=False)
 
     async def _write(
@@ -297,7 +302,10 @@ class JobBatches:
                 held = False
             self._show(row, str(obj.get("status")))
             await self.resumed.wait()  # outcomes only for files the writer follows
-            await self._settle(row, obj)
+            async with self._settling:  # one batch's results at a time: memory stays flat
+                nxt = await self._settle(row, obj)
+            if nxt is not None:
+                await self._drive(nxt, recovered=False)
         finally:
             self._show(row, None)
             if held:
@@ -309,7 +317,7 @@ class JobBatches:
             assert row.remote_id is not None
             self.tokens.used += row.tokens  # enqueued before the restart: still counts
             rid = row.remote_id
-            return await self._retrying(lambda: self.api.get(rid)), True
+            return await self._status(rid), True
         try:
             if recovered:
                 found = await self._retrying(lambda: self.api.find(row.key, row.created_at))
@@ -356,11 +364,21 @@ class JobBatches:
             delay = poll_delay_s(polls, self.cfg.batch_poll_s, self.cfg.batch_poll_max_s)
             await asyncio.sleep(delay)
             polls += 1
-            obj: dict[str, Any] = await self._retrying(lambda: self.api.get(batch_id))
+            obj = await self._status(batch_id)
             await asyncio.to_thread(self.store.observed, row.id, obj)
             self._show(row, str(obj.get("status")))
             if obj.get("status") in TERMINAL:
                 return obj
+
+    async def _status(self, batch_id: str) -> dict[str, Any]:
+        """The batch as the provider reports it; one it refuses to show (gone, a 404)
+        reads as failed, so its items are sent again rather than waited for forever."""
+        try:
+            obj: dict[str, Any] = await self._retrying(lambda: self.api.get(batch_id))
+        except ProviderError as e:
+            log.warning("batch_lost", job=self.name, id=batch_id, error=str(e))
+            return {"id": batch_id, "status": "failed", "errors": {"data": [{"code": "lost"}]}}
+        return obj
 
     async def _retrying(self, call: Any) -> Any:
         """A Batch API call until it answers; a refusal (4xx) is raised."""
@@ -382,7 +400,7 @@ class JobBatches:
                 log.warning("batch_api_retry", job=self.name, error=str(e), delay_s=round(delay, 2))
                 await asyncio.sleep(delay)
 
-    async def _settle(self, row: BatchRow, obj: dict[str, Any]) -> None:
+    async def _settle(self, row: BatchRow, obj: dict[str, Any]) -> BatchRow | None:
         """Results to the writer, then the batch closed and what is missing sent again."""
         status = str(obj.get("status"))
         members = await asyncio.to_thread(self.store.members, row.id)
@@ -397,24 +415,34 @@ class JobBatches:
         for fid in (obj.get("output_file_id"), obj.get("error_file_id")):
             if not fid:
                 continue
-            raw = await self._retrying(lambda f=fid: self.api.content(f))
+            try:
+                raw = await self._retrying(lambda f=fid: self.api.content(f))
+            except ProviderError as e:  # gone: its items count as missing, sent again
+                log.warning("batch_file_lost", job=self.name, file=fid, error=str(e))
+                continue
             crashpoints.hit("batch_downloaded")
-            for r in await asyncio.to_thread(parse_results, raw):
-                m = by_id.get(r.custom_id)
-                if m is None or r.custom_id in handled or m.source_id not in sources:
-                    continue
-                if r.body is None:
-                    failures[r.custom_id] = r
-                    continue
-                try:
-                    reply = parse_reply(row.api, orjson.dumps(r.body))
-                except MalformedResponse as e:
-                    failures[r.custom_id] = LineResult(r.custom_id, None, "malformed", str(e))
-                    continue
-                item = _item(m, sources)
-                prompt = _prompt(body_of(lines[m.offset : m.offset + m.length]))
-                self.writer.submit(self._completed(job, item, m, prompt, params, reply, obj, now))
-                handled.add(r.custom_id)
+            rows = raw.splitlines()
+            del raw
+            for start in range(0, len(rows), SETTLE_CHUNK):
+                chunk = rows[start : start + SETTLE_CHUNK]
+                for r in await asyncio.to_thread(parse_lines, chunk):
+                    m = by_id.get(r.custom_id)
+                    if m is None or r.custom_id in handled or m.source_id not in sources:
+                        continue
+                    if r.body is None:
+                        failures[r.custom_id] = r
+                        continue
+                    try:
+                        reply = parse_reply(row.api, orjson.dumps(r.body))
+                    except MalformedResponse as e:
+                        failures[r.custom_id] = LineResult(r.custom_id, None, "malformed", str(e))
+                        continue
+                    item = _item(m, sources)
+                    prompt = _prompt(body_of(lines[m.offset : m.offset + m.length]))
+                    out = self._completed(job, item, m, prompt, params, reply, obj, now)
+                    self.writer.submit(out)
+                    handled.add(r.custom_id)
+                await self.writer.wait_idle()
         whole = batch_failure(obj) if status == "failed" else f"batch_{status}"
         if whole == _TOKEN_LIMIT:
             # The provider's limit is below what was enqueued with this batch: keep under it
@@ -474,8 +502,7 @@ class JobBatches:
             self._send_online(m, sources, lines)
         self._check()
         await self._clean_up(row, obj)
-        if nxt is not None:
-            await self._drive(nxt, recovered=False)
+        return nxt
 
     def _completed(
         self,

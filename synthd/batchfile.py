@@ -101,8 +101,13 @@ class LineResult:
 def parse_results(raw: bytes) -> list[LineResult]:
     """Every line of an output or error file; a line that cannot be read is skipped
     (its item is then missing, and missing items are resubmitted)."""
+    return parse_lines(raw.splitlines())
+
+
+def parse_lines(lines: list[bytes]) -> list[LineResult]:
+    """``parse_results`` over lines already split: a big file is read a chunk at a time."""
     out: list[LineResult] = []
-    for ln in raw.splitlines():
+    for ln in lines:
         try:
             row = orjson.loads(ln)
         except orjson.JSONDecodeError:
