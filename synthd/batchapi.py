@@ -107,6 +107,21 @@ class BatchApi:
                 return None
             after = str(data[-1]["id"])
 
+    async def find_file(self, filename: str, since: float) -> str | None:
+        """The id of an uploaded batch file named ``filename`` (a crash between its upload
+        and recording the id leaves only its name to find it by), looking back to ``since``."""
+        after: str | None = None
+        while True:
+            params = {"purpose": "batch", "limit": "10000", **({"after": after} if after else {})}
+            page = await self._json("GET", "/files", params=params)
+            data = page.get("data") or []
+            for f in data:
+                if f.get("filename") == filename:
+                    return str(f["id"])
+            if not data or not page.get("has_more") or data[-1].get("created_at", 0) < since - 3600:
+                return None
+            after = str(data[-1]["id"])
+
     async def content(self, file_id: str) -> bytes:
         return await self._call("GET", f"/files/{file_id}/content")
 

@@ -327,8 +327,12 @@ class JobBatches:
                     self.tokens.used += row.tokens
                     return found, True
             file_id = row.input_file_id
+            name = f"{row.key}.jsonl"
+            if file_id is None and recovered:  # uploaded just before a kill?
+                file_id = await self._find_file(name, row.created_at)
+                if file_id is not None:
+                    await asyncio.to_thread(self.store.uploaded, row.id, file_id)
             if file_id is None:
-                name = f"{row.key}.jsonl"
                 file_id = await self._retrying(lambda: self.api.upload(Path(row.path), name))
                 crashpoints.hit("batch_uploaded")
                 await asyncio.to_thread(self.store.uploaded, row.id, file_id)
@@ -369,6 +373,16 @@ class JobBatches:
             self._show(row, str(obj.get("status")))
             if obj.get("status") in TERMINAL:
                 return obj
+
+    async def _find_file(self, name: str, since: float) -> str | None:
+        """An upload found by its name; a provider that cannot list files finds none (the
+        file is uploaded again, and the lost one only costs storage)."""
+        try:
+            found: str | None = await self._retrying(lambda: self.api.find_file(name, since))
+        except ProviderError as e:
+            log.info("batch_files_not_listed", job=self.name, error=str(e))
+            return None
+        return found
 
     async def _status(self, batch_id: str) -> dict[str, Any]:
         """The batch as the provider reports it; one it refuses to show (gone, a 404)

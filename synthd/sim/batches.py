@@ -152,6 +152,20 @@ class Batches:
             return _error(400, f"file is larger than {MAX_FILE_BYTES} bytes")
         return _json(self._add_file(upload.filename, "batch", data).obj())
 
+    async def list_files(self, request: web.Request) -> web.StreamResponse:
+        """Newest first, filtered by ``purpose``; ``after`` is the previous page's last id."""
+        limit = max(1, min(10_000, int(request.query.get("limit", "10000"))))
+        purpose = request.query.get("purpose")
+        ordered = [f for f in reversed(self.files.values()) if purpose in (None, f.purpose)]
+        after = request.query.get("after")
+        if after is not None:
+            ids = [f.id for f in ordered]
+            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+        page = ordered[:limit]
+        return _json(
+            {"object": "list", "data": [f.obj() for f in page], "has_more": len(ordered) > limit}
+        )
+
     async def file_info(self, request: web.Request) -> web.StreamResponse:
         f = self.files.get(request.match_info["id"])
         return _json(f.obj()) if f else _error(404, "No such File object")
@@ -362,6 +376,7 @@ def add_routes(app: web.Application, batches: Batches) -> None:
     """The Files and Batch API routes (before the server's catch-all)."""
     r = app.router
     r.add_post("/v1/files", batches.upload)
+    r.add_get("/v1/files", batches.list_files)
     r.add_get("/v1/files/{id}", batches.file_info)
     r.add_get("/v1/files/{id}/content", batches.file_content)
     r.add_delete("/v1/files/{id}", batches.file_delete)

@@ -48,6 +48,12 @@ def life(work: Workdir, crash_at: str | None) -> int:
     return proc.returncode
 
 
+def tag_of(f: dict[str, Any], ours: list[dict[str, Any]]) -> bool:
+    """Whether an uploaded file belongs to this case's batches."""
+    keys = {b["metadata"]["synthd_batch"] for b in ours}
+    return str(f["filename"]).removesuffix(".jsonl") in keys
+
+
 def sim_batches(url: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     after = ""
@@ -99,4 +105,7 @@ def test_a_kill_at_each_batch_boundary_loses_and_doubles_nothing(
     assert set(keys.values()) == {1}, "a batch created twice"
     assert sum(b["request_counts"]["completed"] for b in ours) == N, "a request paid twice"
     assert (work.spool("q") / "done" / "topics.txt").exists()
+    with urllib.request.urlopen(f"{sim_url}/files?purpose=batch") as resp:
+        left = [f for f in orjson.loads(resp.read())["data"] if tag_of(f, ours)]
+    assert left == [], "an input file uploaded twice, or not deleted"
     assert not list((work.path / "state" / "batches" / "q").iterdir())

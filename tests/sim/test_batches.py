@@ -80,6 +80,8 @@ async def test_a_batch_completes_with_every_line_once(sim_cfg: str, make_client:
     assert sorted(r["custom_id"] for r in out) == sorted(f"c{i}" for i in range(20))
     assert all(r["response"]["status_code"] == 200 for r in out)
     assert out[0]["response"]["body"]["choices"][0]["message"]["content"]
+    uploads = [f async for f in client.files.list(purpose="batch")]
+    assert [f.id for f in uploads] == [b.input_file_id]
     page = await client.batches.list(limit=10)
     assert page.data[0].id == b.id and page.data[0].metadata == {"synthd": "k1"}
     assert (await client.files.delete(b.output_file_id or "")).deleted
