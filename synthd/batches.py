@@ -65,6 +65,7 @@ _TOKEN_LIMIT = "token_limit_exceeded"
 # Result lines turned into outcomes and committed before the next are read: a batch of
 # 50,000 never has all its records in memory at once.
 SETTLE_CHUNK = 1000
+SPILL_BYTES = 4 * 1024 * 1024  # a pack's lines go to its file in pieces of this size
 
 
 class EnqueuedTokens:
@@ -116,6 +117,8 @@ class JobBatches:
         self.resumed = asyncio.Event()  # set by the feeder: every resumed file is tracked
         self._pack = self._new_pack()
         self._pack_snap: JobSnapshot | None = None
+        self._pack_path: Path | None = None  # its file, once lines were spilled to it
+        self._pack_writes: asyncio.Future[None] | None = None  # the last spill, chained
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsubmitted = 0
@@ -172,7 +175,7 @@ class JobBatches:
             item.seq,
             item.line,
             item.end,
-            len(self._pack.data),
+            0,
             len(line),
             item.fields,
             item.meta,
@@ -180,6 +183,7 @@ class JobBatches:
             a.prompt_chars,
             a.reserved,
         )
+        member = replace(member, offset=self._pack.size)
         if not self._pack.members:
             self._pack_snap = a.snap
             loop = asyncio.get_running_loop()
@@ -188,6 +192,17 @@ class JobBatches:
         self._idle.clear()
         if self._pack.full:
             self.flush()
+        elif len(self._pack.data) >= SPILL_BYTES:
+            self._spill()
+
+    def _spill(self) -> None:
+        """Hand the pack's lines so far to its file (in order, in a thread): a pack of
+        100 MB need not sit in memory until it is full."""
+        if self._pack_path is None:
+            self._pack_path = self.folder / f"{os.urandom(8).hex()}.jsonl"
+        self._pack_writes = asyncio.ensure_future(
+            _append_after(self._pack_writes, self._pack_path, self._pack.take())
+        )
 
     def flush(self) -> None:
         """Send the open pack on its way (recorded, then uploaded), if it holds anything."""
@@ -195,12 +210,14 @@ class JobBatches:
             self._timer.cancel()
             self._timer = None
         pack, snap = self._pack, self._pack_snap
+        path, writes = self._pack_path, self._pack_writes
         self._pack, self._pack_snap = self._new_pack(), None
+        self._pack_path, self._pack_writes = None, None
         if pack.members and snap is not None:
             self._unsubmitted += 1
             if self._unsubmitted >= PACKED_AHEAD:
                 self._room.clear()
-            self._spawn(self._record(pack, snap))
+            self._spawn(self._record(pack, snap, path, writes))
         self._check()
 
     async def room(self) -> None:
@@ -256,8 +273,17 @@ class JobBatches:
 
     # -- one batch's life --
 
-    async def _record(self, pack: Pack, snap: JobSnapshot) -> None:
-        row = await self._write(pack, snap.job.config.api, snap.job.fingerprint, snap.params)
+    async def _record(
+        self,
+        pack: Pack,
+        snap: JobSnapshot,
+        path: Path | None,
+        writes: asyncio.Future[None] | None,
+    ) -> None:
+        if writes is not None:
+            await writes  # the lines spilled so far are in the file, in order
+        job = snap.job
+        row = await self._write(pack, job.config.api, job.fingerprint, snap.params, path=path)
         del pack  # its lines are on disk now: not kept for the batch's life
         await self._drive(row, recovered=False)
 
@@ -269,10 +295,13 @@ class JobBatches:
         params: dict[str, Any],
         closing: int | None = None,
         round_: int = 0,
+        path: Path | None = None,
     ) -> BatchRow:
-        """The pack's file, fsynced, then its membership in one transaction."""
-        path = self.folder / f"{os.urandom(8).hex()}.jsonl"
-        await asyncio.to_thread(_write_synced, path, pack.data)
+        """The pack's file (the rest of it, after what was spilled), fsynced, then its
+        membership in one transaction."""
+        if path is None:
+            path = self.folder / f"{os.urandom(8).hex()}.jsonl"
+        await asyncio.to_thread(_write_synced, path, pack.take())
         new = NewBatch(
             self.name,
             self.cfg.provider,
@@ -280,7 +309,7 @@ class JobBatches:
             str(path),
             fingerprint,
             params,
-            len(pack.data),
+            pack.size,
             pack.tokens,
             pack.members,
             round_,
@@ -499,7 +528,7 @@ class JobBatches:
             pack = self._new_pack()
             for m in again:
                 line = lines[m.offset : m.offset + m.length]
-                pack.add(line, replace(m, offset=len(pack.data)))
+                pack.add(line, replace(m, offset=pack.size))
             self._unsubmitted += 1
             try:
                 nxt = await self._write(
@@ -597,8 +626,20 @@ def _read_or_empty(path: Path) -> bytes:
         return b""
 
 
+async def _append_after(prev: asyncio.Future[None] | None, path: Path, data: bytes) -> None:
+    if prev is not None:
+        await prev
+    await asyncio.to_thread(_append, path, data)
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
 def _write_synced(path: Path, data: bytes | bytearray) -> None:
-    with open(path, "wb") as f:
+    """Append the last of a pack's lines; fsync the file and its folder."""
+    with open(path, "ab") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -67,20 +67,33 @@ class Pack:
 
     max_requests: int
     max_bytes: int
-    data: bytearray = field(default_factory=bytearray)
+    data: bytearray = field(default_factory=bytearray)  # lines not yet handed to the file
     members: list[Member] = field(default_factory=list)
     tokens: int = 0
+    spilled: int = 0  # bytes of lines already taken out (``take``) to be written
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole file: lines taken out and lines still held."""
+        return self.spilled + len(self.data)
 
     def fits(self, nbytes: int) -> bool:
         """Whether one more line of ``nbytes`` stays within the limits (an empty pack
         takes any line: a line over the byte limit alone is still one request)."""
         if not self.members:
             return True
-        return len(self.members) < self.max_requests and len(self.data) + nbytes <= self.max_bytes
+        return len(self.members) < self.max_requests and self.size + nbytes <= self.max_bytes
 
     @property
     def full(self) -> bool:
-        return len(self.members) >= self.max_requests or len(self.data) >= self.max_bytes
+        return len(self.members) >= self.max_requests or self.size >= self.max_bytes
+
+    def take(self) -> bytes:
+        """The lines held so far, to be appended to the file: the pack keeps only members."""
+        out = bytes(self.data)
+        self.spilled += len(out)
+        self.data = bytearray()
+        return out
 
     def add(self, line: bytes, member: Member) -> None:
         self.members.append(member)

@@ -174,3 +174,21 @@ async def test_status_metrics_and_dry_run_know_batches(work: Workdir, plain: Run
     assert sum(b["completed"] for b in st.batches) == N_LINES
     assert "batches (batch mode)" in status.render(st)
     assert all(r["cost_usd"] > 0 for r in work.lines("q"))
+
+
+async def test_a_pack_spilled_to_its_file_in_pieces_keeps_every_line_whole(
+    work: Workdir, plain: RunningSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthd import batches
+
+    monkeypatch.setattr(batches, "SPILL_BYTES", 700)  # a piece every line or two
+    write_provider_config(work, plain.base_url, batch_job(batch_max_requests=13))
+    spool_lines(work)
+    await run_once(work)
+    assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+    for r in work.lines("q"):  # each record's prompt is its own line's, read back by offset
+        assert f"topic number {r['source']['seq']} about" in r["messages"][-1]["content"]
+    assert (
+        sum(b.obj()["request_counts"]["completed"] for b in plain.sim.batches.batches.values())
+        == N_LINES
+    )

@@ -74,3 +74,11 @@ def test_a_failed_batch_names_its_code() -> None:
 
 def test_polls_back_off_to_a_cap() -> None:
     assert [poll_delay_s(n, 1.0, 10.0) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_lines_taken_out_still_count_against_the_limits() -> None:
+    p = Pack(max_requests=10, max_bytes=100)
+    p.add(b"a" * 40, member(0))
+    assert p.take() == b"a" * 40 and p.data == b"" and p.size == 40
+    p.add(b"b" * 50, member(1))
+    assert p.size == 90 and not p.fits(11) and p.take() == b"b" * 50 and p.spilled == 90
