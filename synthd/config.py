@@ -154,7 +154,7 @@ class JobConfig(_Frozen):
     on_long_prompt: LongPrompt = "reject"
     extra: dict[str, Any] = Field(default_factory=dict)
     mode: Mode = "online"
-    batch_max_requests: Annotated[int, Field(gt=0, le=50_000)] = 50_000
+    batch_max_requests: Annotated[int, Field(gt=0, le=50_000)] = 10_000
     batch_max_bytes: Annotated[int, Field(gt=0, le=200 * 1024 * 1024)] = 100_000_000
     batch_max_wait_s: PositiveFloat = 300.0
     batch_max_resubmits: Annotated[int, Field(ge=0)] = 3
