@@ -329,6 +329,9 @@ class Daemon:
             if rt is None or job.config.provider != rt.job.config.provider:
                 log.warning("reload_skipped_job", job=name, note="new jobs need a restart")
                 continue
+            if job.config.mode != rt.job.config.mode:
+                log.warning("reload_skipped_job", job=name, note="a mode change needs a restart")
+                continue
             if job.fingerprint != rt.job.fingerprint or job.config != rt.job.config:
                 rt.reload(job, _filters(job))
                 changed.append(name)

@@ -192,3 +192,48 @@ async def test_a_pack_spilled_to_its_file_in_pieces_keeps_every_line_whole(
         sum(b.obj()["request_counts"]["completed"] for b in plain.sim.batches.batches.values())
         == N_LINES
     )
+
+
+async def test_a_running_daemon_sends_a_part_full_batch_after_max_wait(
+    work: Workdir, plain: RunningSim
+) -> None:
+    import asyncio
+
+    from synthd import config
+    from synthd.daemon import Daemon
+    from tests.helpers import wait_until
+
+    path = write_provider_config(
+        work, plain.base_url, batch_job(batch_max_requests=1000, batch_max_wait_s=0.3)
+    )
+    spool_lines(work, 5)
+    daemon = Daemon(config.load(path), handle_signals=False)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await wait_until(lambda: len(work.lines("q")) == 5, timeout_s=30)
+    finally:
+        daemon.stop()
+        assert await task == 0
+    assert outcomes(work) == dict.fromkeys(range(5), 1)
+    assert len(plain.sim.batches.batches) == 1
+
+
+async def test_a_stop_while_a_batch_runs_leaves_it_to_the_next_start(work: Workdir) -> None:
+    import asyncio
+
+    from synthd import config
+    from synthd.daemon import Daemon
+    from tests.helpers import wait_until
+
+    async for s in sim(batch_time_s=1.0):
+        path = write_provider_config(work, s.base_url, batch_job(batch_max_wait_s=0.1))
+        spool_lines(work)
+        daemon = Daemon(config.load(path), handle_signals=False)
+        task = asyncio.create_task(daemon.run())
+        await wait_until(lambda: len(s.sim.batches.batches) == 4, timeout_s=30)
+        daemon.stop()  # SIGTERM: every batch is still in progress at the provider
+        assert await task == 0
+        assert work.lines("q") == []
+        await run_once(work)  # finds them in the checkpoint, waits for them, writes them
+        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        assert len(s.sim.batches.batches) == 4  # none created again
