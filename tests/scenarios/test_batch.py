@@ -225,7 +225,7 @@ async def test_a_stop_while_a_batch_runs_leaves_it_to_the_next_start(work: Workd
     from synthd.daemon import Daemon
     from tests.helpers import wait_until
 
-    async for s in sim(batch_time_s=1.0):
+    async with running_sim(SimConfig(port=0, batch_time_s=1.0)) as s:
         path = write_provider_config(work, s.base_url, batch_job(batch_max_wait_s=0.1))
         spool_lines(work)
         daemon = Daemon(config.load(path), handle_signals=False)
