@@ -66,19 +66,22 @@ def sim_batches(url: str) -> list[dict[str, Any]]:
         after = f"&after={page['last_id']}"
 
 
-# Each point on its first pass; three on their second (a later batch, results half written).
-CASES = [(p, 1) for p in POINTS] + [
-    (p, 2) for p in ("batch_created", "batch_downloaded", "shard_appended")
-]
+# Each point on its first pass; three on their second (a later batch, results half written);
+# two with one .txt file per item (whole files, resumed one item each).
+CASES = (
+    [(p, 1, "lines") for p in POINTS]
+    + [(p, 2, "lines") for p in ("batch_created", "batch_downloaded", "shard_appended")]
+    + [(p, 1, "files") for p in ("batch_created", "batch_downloaded")]
+)
 
 
-@pytest.mark.parametrize(("point", "nth"), CASES)
+@pytest.mark.parametrize(("point", "nth", "shape"), CASES)
 def test_a_kill_at_each_batch_boundary_loses_and_doubles_nothing(
-    work: Workdir, sim_url: str, point: str, nth: int
+    work: Workdir, sim_url: str, point: str, nth: int, shape: str
 ) -> None:
     job = simple_job(
         "q",
-        input='"lines"',
+        input='"lines"' if shape == "lines" else '"file"',
         mode='"batch"',
         batch_max_requests=8,
         batch_poll_s=0.05,
@@ -86,8 +89,14 @@ def test_a_kill_at_each_batch_boundary_loses_and_doubles_nothing(
     )
     write_provider_config(work, sim_url, job, service="commit_interval_s = 0.01")
     tag = f"{point}-{nth}-{os.urandom(4).hex()}"
-    rows = "\n".join(f"{tag} topic {i}" for i in range(N))
-    (work.spool("q") / "topics.txt").write_text(rows + "\n")
+    if shape == "lines":
+        rows = "\n".join(f"{tag} topic {i}" for i in range(N))
+        (work.spool("q") / "topics.txt").write_text(rows + "\n")
+        names = {"topics.txt"}
+    else:
+        names = {f"p{i:02d}.txt" for i in range(N)}
+        for i in range(N):
+            (work.spool("q") / f"p{i:02d}.txt").write_text(f"{tag} passage {i} on tides.")
     before = {b["id"] for b in sim_batches(sim_url)}
 
     assert life(work, f"{point}:{nth}") == -signal.SIGKILL, (work.path / "daemon.log").read_text()
@@ -98,13 +107,15 @@ def test_a_kill_at_each_batch_boundary_loses_and_doubles_nothing(
         data = shard.read_bytes()
         assert data.endswith(b"\n"), f"torn line in {shard}"
         lines.extend(orjson.loads(raw) for raw in data.splitlines())
-    assert Counter(ln["source"]["seq"] for ln in lines) == dict.fromkeys(range(N), 1)
+    got = Counter((ln["source"]["file"], ln["source"]["seq"]) for ln in lines)
+    want = {(n, i) for n in names for i in range(N if shape == "lines" else 1)}
+    assert got == dict.fromkeys(want, 1)
     assert all(ln.get("batch_id") for ln in lines)
     ours = [b for b in sim_batches(sim_url) if b["id"] not in before]
     keys = Counter(b["metadata"]["synthd_batch"] for b in ours)
     assert set(keys.values()) == {1}, "a batch created twice"
     assert sum(b["request_counts"]["completed"] for b in ours) == N, "a request paid twice"
-    assert (work.spool("q") / "done" / "topics.txt").exists()
+    assert {p.name for p in (work.spool("q") / "done").iterdir()} == names
     with urllib.request.urlopen(f"{sim_url}/files?purpose=batch") as resp:
         left = [f for f in orjson.loads(resp.read())["data"] if tag_of(f, ours)]
     assert left == [], "an input file uploaded twice, or not deleted"
