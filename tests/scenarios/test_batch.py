@@ -237,3 +237,18 @@ async def test_a_stop_while_a_batch_runs_leaves_it_to_the_next_start(work: Workd
         await run_once(work)  # finds them in the checkpoint, waits for them, writes them
         assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
         assert len(s.sim.batches.batches) == 4  # none created again
+
+
+async def test_a_batch_job_and_an_online_job_share_a_daemon(
+    work: Workdir, plain: RunningSim
+) -> None:
+    jobs = batch_job() + simple_job("o", input='"lines"')
+    write_provider_config(work, plain.base_url, jobs)
+    spool_lines(work)
+    (work.spool("o") / "t.txt").write_text("\n".join(f"online topic {i}" for i in range(12)) + "\n")
+    await run_once(work)
+    assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+    online = work.lines("o")
+    assert sorted(r["source"]["seq"] for r in online) == list(range(12))
+    assert not any("batch_id" in r for r in online)
+    assert plain.stats()["requests"] == 12  # the online job's, and only those
