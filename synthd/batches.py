@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import structlog
 
-from synthd import crashpoints, records
+from synthd import batchresults, crashpoints
 from synthd.batchapi import BatchApi
 from synthd.batchfile import (
     BATCH_URLS,
@@ -51,9 +51,8 @@ from synthd.batchfile import (
 from synthd.batchstore import BatchRow, BatchStore, NewBatch
 from synthd.client import parse_reply
 from synthd.config import Price
-from synthd.cost import BATCH_DISCOUNT, price_usd
 from synthd.errors import MalformedResponse, ProviderError, Retryable
-from synthd.models import Outcome, Rejection, WorkItem
+from synthd.models import Outcome, Rejection, Reply
 from synthd.pipeline import Attempt, JobRuntime, JobSnapshot
 from synthd.retry import retry_delay_s
 from synthd.writer import Writer
@@ -480,9 +479,19 @@ class JobBatches:
                     except MalformedResponse as e:
                         failures[r.custom_id] = LineResult(r.custom_id, None, "malformed", str(e))
                         continue
-                    item = _item(m, sources)
-                    prompt = _prompt(body_of(lines[m.offset : m.offset + m.length]))
-                    out = self._completed(job, item, m, prompt, params, reply, obj, now)
+                    out, rejected = batchresults.completed(
+                        job,
+                        self.rt.snapshot.filters,
+                        m,
+                        sources[m.source_id],
+                        lines[m.offset : m.offset + m.length],
+                        params,
+                        reply,
+                        obj.get("id"),
+                        self.price,
+                        now,
+                    )
+                    self._count(reply, rejected)
                     self.writer.submit(out)
                     handled.add(r.custom_id)
                 await self.writer.wait_idle()
@@ -503,12 +512,9 @@ class JobBatches:
             elif m.tries < self.cfg.batch_max_resubmits:
                 again.append(replace(m, tries=m.tries + 1))
             else:
-                f = failures.get(m.custom_id)
-                reason = f.error if f is not None else whole
-                detail = f"{reason}: {f.detail}" if f is not None and f.detail else str(reason)
-                out = records.dead_letter(job, _item(m, sources), detail, "batch", m.tries + 1, now)
-                for d in out.lines["dead"]:
-                    d["batch_id"] = obj.get("id")
+                failure = failures.get(m.custom_id)
+                source = sources[m.source_id]
+                out = batchresults.dead(job, m, source, failure, whole, obj.get("id"), now)
                 self.rt.stats.dead += 1
                 self.writer.submit(out)
         await self.writer.wait_idle()
@@ -547,37 +553,17 @@ class JobBatches:
         await self._clean_up(row, obj)
         return nxt
 
-    def _completed(
-        self,
-        job: Any,
-        item: WorkItem,
-        m: Member,
-        prompt: Any,
-        params: dict[str, Any],
-        reply: Any,
-        obj: dict[str, Any],
-        now: float,
-    ) -> Outcome:
-        results = [self.rt.snapshot.filters.apply(c.text, c.finish_reason) for c in reply.choices]
-        out = records.completed(job, item, prompt, params, reply, results, now, m.sent_context)
+    def _count(self, reply: Reply, rejected: list[Rejection]) -> None:
         stats = self.rt.stats
         stats.count("batch_200")
         stats.prompt_tokens += reply.prompt_tokens
         stats.completion_tokens += reply.completion_tokens
-        for r in results:
-            if isinstance(r, Rejection):
-                stats.reject(r.reason)
-        cost = price_usd(self.price, reply.prompt_tokens, reply.completion_tokens)
-        for kind in ("records", "rejects"):
-            for ln in out.lines.get(kind, ()):
-                ln["batch_id"] = obj.get("id")
-                if cost is not None and kind == "records":
-                    ln["cost_usd"] = round((cost[0] + cost[1]) * BATCH_DISCOUNT, 8)
-        return out
+        for r in rejected:
+            stats.reject(r.reason)
 
     def _send_online(self, m: Member, sources: dict[int, Any], lines: bytes) -> None:
         body = body_of(lines[m.offset : m.offset + m.length])
-        item = _item(m, sources)
+        item = batchresults.item_of(m, sources[m.source_id])
         context = m.sent_context if m.sent_context is not None else item.fields.get("context", "")
         snap = self.rt.snapshot
         a = Attempt(
@@ -585,7 +571,7 @@ class JobBatches:
             snap,
             item,
             orjson.dumps(body),
-            _prompt(body),
+            batchresults.prompt_of(body),
             m.prompt_chars,
             m.reserved,
             context,
@@ -609,14 +595,6 @@ class JobBatches:
                     await self.api.delete_file(str(fid))
                 except ProviderError as e:  # a leftover file costs storage, not data
                     log.warning("batch_file_not_deleted", file=fid, error=str(e))
-
-
-def _item(m: Member, sources: dict[int, Any]) -> WorkItem:
-    return WorkItem(sources[m.source_id], m.seq, m.line, m.end, m.fields, m.meta)
-
-
-def _prompt(body: dict[str, Any]) -> Any:
-    return body["messages"] if "messages" in body else body.get("prompt")
 
 
 def _read_or_empty(path: Path) -> bytes:

@@ -23,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "synthd"
 PURE = frozenset(
     {
         "synthd.batchfile",
+        "synthd.batchresults",
         "synthd.circuit",
         "synthd.cost",
         "synthd.request",
