@@ -131,7 +131,7 @@ async def test_a_failed_batch_is_sent_again_whole(work: Workdir) -> None:
 
 
 async def test_token_limit_exceeded_then_success(work: Workdir) -> None:
-    async for s in sim(batch_enqueued_tokens=2000, batch_time_s=0.3):
+    async for s in sim(batch_enqueued_tokens=2000, batch_time_s=2.0):
         write_provider_config(work, s.base_url, batch_job())
         spool_lines(work)
         await run_once(work)
@@ -225,7 +225,7 @@ async def test_a_stop_while_a_batch_runs_leaves_it_to_the_next_start(work: Workd
     from synthd.daemon import Daemon
     from tests.helpers import wait_until
 
-    async with running_sim(SimConfig(port=0, batch_time_s=1.0)) as s:
+    async with running_sim(SimConfig(port=0, batch_time_s=5.0)) as s:
         path = write_provider_config(work, s.base_url, batch_job(batch_max_wait_s=0.1))
         spool_lines(work)
         daemon = Daemon(config.load(path), handle_signals=False)

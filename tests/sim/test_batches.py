@@ -43,6 +43,10 @@ async def make_client() -> AsyncIterator[Any]:
 
 
 async def run_batch(client: openai.AsyncOpenAI, data: bytes, key: str = "k1") -> Batch:
+    return await finish(client, await create(client, data, key))
+
+
+async def create(client: openai.AsyncOpenAI, data: bytes, key: str) -> Batch:
     f = await client.files.create(file=("in.jsonl", data), purpose="batch")
     b = await client.batches.create(
         input_file_id=f.id,
@@ -51,6 +55,10 @@ async def run_batch(client: openai.AsyncOpenAI, data: bytes, key: str = "k1") ->
         metadata={"synthd": key},
     )
     assert b.status == "validating"
+    return b
+
+
+async def finish(client: openai.AsyncOpenAI, b: Batch) -> Batch:
     while b.status not in ("completed", "failed", "expired", "cancelled"):
         await asyncio.sleep(0.02)
         b = await client.batches.retrieve(b.id)
@@ -107,18 +115,17 @@ async def test_an_expired_batch_returns_what_finished(sim_cfg: str, make_client:
 
 
 @pytest.mark.parametrize(
-    "sim_cfg", [{"batch_enqueued_tokens": 500, "batch_time_s": 0.3}], indirect=True
+    "sim_cfg", [{"batch_enqueued_tokens": 500, "batch_time_s": 1.5}], indirect=True
 )
 async def test_the_enqueued_token_limit_fails_a_batch_over_it(
     sim_cfg: str, make_client: Any
 ) -> None:
     client = make_client(sim_cfg)
-    first = asyncio.create_task(run_batch(client, lines(8)))
-    await asyncio.sleep(0.1)
-    second = await run_batch(client, lines(8, 8), "k2")
+    first = await create(client, lines(8), "k1")  # enqueued, in progress ...
+    second = await run_batch(client, lines(8, 8), "k2")  # ... so this one is over the limit
     assert second.status == "failed" and second.errors is not None and second.errors.data
     assert second.errors.data[0].code == "token_limit_exceeded"
-    assert (await first).status == "completed"
+    assert (await finish(client, first)).status == "completed"
     again = await run_batch(client, lines(8, 8), "k3")  # room again once the first is done
     assert again.status == "completed"
 
