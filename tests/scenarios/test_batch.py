@@ -252,3 +252,14 @@ async def test_a_batch_job_and_an_online_job_share_a_daemon(
     assert sorted(r["source"]["seq"] for r in online) == list(range(12))
     assert not any("batch_id" in r for r in online)
     assert plain.stats()["requests"] == 12  # the online job's, and only those
+
+
+async def test_files_are_kept_when_asked(work: Workdir, plain: RunningSim) -> None:
+    write_provider_config(work, plain.base_url, batch_job(batch_delete_files="false"))
+    spool_lines(work)
+    await run_once(work)
+    assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+    made = sim_batches(plain)
+    kept = set(plain.sim.batches.files)
+    assert {b["input_file_id"] for b in made} | {b["output_file_id"] for b in made} <= kept
+    assert not list((work.path / "state" / "batches" / "q").iterdir())  # ours always go
