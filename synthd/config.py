@@ -31,6 +31,8 @@ Transport = Literal["http", "sdk"]
 TokenAccounting = Literal["reserved", "used"]
 LongPrompt = Literal["truncate", "reject"]
 RedisDown = Literal["pause", "split"]
+Mode = Literal["online", "batch"]
+BatchFallback = Literal["none", "online"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -61,6 +63,7 @@ class ProviderConfig(_Frozen):
     retry_after_max_s: Annotated[float, Field(ge=0)] = 120.0
     transport: Transport = "http"
     adapt_to_headers: bool = True
+    batch_enqueued_tokens: PositiveInt = 20_000_000  # batch mode: tokens in batches at once
 
     @field_validator("api_key_env")
     @classmethod
@@ -197,6 +200,15 @@ class JobConfig(_Frozen):
     max_prompt_tokens: PositiveInt | None = None
     on_long_prompt: LongPrompt = "reject"
     extra: dict[str, Any] = Field(default_factory=dict)
+    mode: Mode = "online"
+    batch_max_requests: Annotated[int, Field(gt=0, le=50_000)] = 10_000
+    batch_max_bytes: Annotated[int, Field(gt=0, le=200 * 1024 * 1024)] = 100_000_000
+    batch_max_wait_s: PositiveFloat = 300.0
+    batch_max_resubmits: Annotated[int, Field(ge=0)] = 3
+    batch_fallback: BatchFallback = "none"
+    batch_poll_s: PositiveFloat = 30.0
+    batch_poll_max_s: PositiveFloat = 600.0
+    batch_delete_files: bool = True
     filters: FiltersConfig = FiltersConfig()
     output: OutputConfig = OutputConfig()
     export: ExportConfig = ExportConfig()

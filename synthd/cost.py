@@ -22,3 +22,7 @@ def price_usd(
         prompt_tokens * price.input_per_mtok / 1e6,
         completion_tokens * price.output_per_mtok / 1e6,
     )
+
+
+# The Batch API's price as a share of the online one (OpenAI's, and most that copy it).
+BATCH_DISCOUNT = 0.5

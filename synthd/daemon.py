@@ -27,6 +27,9 @@ import structlog
 
 from synthd import config as config_mod
 from synthd import crashpoints, handoff, memory, notify
+from synthd.batchapi import BatchApi
+from synthd.batches import EnqueuedTokens, JobBatches
+from synthd.batchstore import BatchStore
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.client import make_client
 from synthd.config import Config, Job
@@ -100,6 +103,8 @@ class Daemon:
         self.loop_lag = LoopLag()
         self.pacer = Pacer()  # one for the loop: every provider's replies share its slices
         self.recent = RecentLines()  # the last lines committed, for the status page
+        self.batchers: dict[str, JobBatches] = {}  # batch-mode jobs
+        self._batch_apis: list[BatchApi] = []
 
     # -- run ---------------------------------------------------------------
 
@@ -117,6 +122,7 @@ class Daemon:
         if self._takeover:
             crashpoints.hit("takeover_recovered")  # a dead node's recovery, by another node
         await self._start_dispatchers()
+        await self._start_batches()
         writer_task = asyncio.create_task(self.writer.run(), name="writer")
         writer_task.add_done_callback(self._writer_ended)
         service = await self._start_service()
@@ -145,6 +151,10 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*feeders, return_exceptions=True)
             await self._drain()
+            for b in self.batchers.values():
+                await b.stop()
+            for api in self._batch_apis:
+                await api.close()
             for d in self.dispatchers.values():
                 await d.stop()
             # The writer's last commit must complete even if we are cancelled.
@@ -273,14 +283,23 @@ class Daemon:
             self.failure = ("writer", str(exc) or repr(exc))
 
     async def _until_stopped(self) -> None:
-        waits = [asyncio.create_task(self._stop.wait())]
+        waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._stop.wait())]
         if self.once:
-            waits.append(asyncio.create_task(self.feeder.quiet.wait()))
+            waits.append(asyncio.create_task(self._once_done()))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
+
+    async def _once_done(self) -> None:
+        """The spool is read and its items committed, or packed: then every part-full
+        pack goes at once, and once mode waits for every batch's results."""
+        await self.feeder.quiet.wait()
+        for b in self.batchers.values():
+            b.flush()
+        for b in self.batchers.values():
+            await b.until_idle()
 
     async def _drain(self) -> None:
         """Let admitted items finish, up to the grace period or a second signal."""
@@ -331,6 +350,31 @@ class Daemon:
         for name, job in self.config.jobs.items():
             self.jobs[name] = JobRuntime(job, _filters(job), self.dispatchers[job.config.provider])
 
+    async def _start_batches(self) -> None:
+        """Batch-mode jobs get their packer and the drivers of the batches left open."""
+        wanted = [rt for rt in self.jobs.values() if rt.job.config.mode == "batch"]
+        if not wanted:
+            return
+        store = await asyncio.to_thread(BatchStore, self.checkpoint)
+        apis: dict[str, tuple[BatchApi, EnqueuedTokens]] = {}
+        for rt in wanted:
+            provider = rt.job.config.provider
+            if provider not in apis:
+                cfg = self.config.providers[provider]
+                api = BatchApi(
+                    cfg, self.config.api_key(provider), self.dispatchers[provider].budget
+                )
+                await api.start()
+                self._batch_apis.append(api)
+                apis[provider] = (api, EnqueuedTokens(cfg.batch_enqueued_tokens))
+            api, tokens = apis[provider]
+            folder = self.config.paths.state / "batches" / rt.job.name
+            price = self.config.prices.get(rt.job.config.model)
+            b = JobBatches(rt, store, api, tokens, self.writer, folder, price, self._fail)
+            self.batchers[rt.job.name] = b
+            self.feeder.batchers[rt.job.name] = b
+            await b.start()
+
     async def _start_service(self) -> Any:
         listen = self.config.service.listen
         if not listen:
@@ -379,6 +423,9 @@ class Daemon:
             if (job.config.from_, job.config.per) != (was.from_, was.per):
                 log.warning("reload_skipped_job", job=name, note="from and per need a restart")
                 continue
+            if job.config.mode != was.mode:
+                log.warning("reload_skipped_job", job=name, note="a mode change needs a restart")
+                continue
             if job.fingerprint != rt.job.fingerprint or job.config != rt.job.config:
                 rt.reload(job, _filters(job))
                 changed.append(name)
@@ -396,6 +443,8 @@ class Daemon:
                     rt.stats.reject("duplicate", o.duplicates)
         self.recent.add(outcomes)
         self.feeder.committed(outcomes)
+        for b in self.batchers.values():
+            b.committed(outcomes)
 
     def _source_done(self, src: Source, path: str) -> None:
         log.debug("file_done", job=src.job, file=src.name, moved_to=path)

@@ -37,7 +37,7 @@ from synthd import items as items_mod
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.chunking import CHARS_PER_TOKEN
 from synthd.config import Config, Job, Price
-from synthd.cost import price_usd
+from synthd.cost import BATCH_DISCOUNT, price_usd
 from synthd.errors import ConfigError, InputError
 from synthd.fingerprint import sampling_params
 from synthd.models import BadLine, Source, WorkItem
@@ -135,6 +135,7 @@ class JobPlan:
     minutes: float  # at the provider's budget, as if the job had it to itself
     bound: str  # "requests" or "tokens": which limit sets the time
     chunked: list[ChunkedFile] = field(default_factory=list)  # input = "chunks": first files
+    mode: str = "online"  # "batch": priced at the Batch API's rate, done within 24 h
 
     def to_json(self) -> dict[str, Any]:
         b = self.backlog
@@ -169,6 +170,7 @@ class JobPlan:
             },
             "minutes": self.minutes,
             "bound_by": self.bound,
+            "mode": self.mode,
         }
 
 
@@ -345,12 +347,16 @@ def _plan_job(
         samples_per_request=jc.samples,
         samples=samples,
         backlog=backlog,
-        cost=estimate_cost(
-            cfg.prices.get(jc.model), backlog.prompt_tokens, backlog.completion_tokens_max
+        cost=_at_rate(
+            estimate_cost(
+                cfg.prices.get(jc.model), backlog.prompt_tokens, backlog.completion_tokens_max
+            ),
+            BATCH_DISCOUNT if jc.mode == "batch" else 1.0,
         ),
         minutes=minutes,
         bound=bound,
         chunked=chunked,
+        mode=jc.mode,
     )
 
 
@@ -407,6 +413,13 @@ def _project(
     backlog.completion_tokens_max += projected * jc.max_tokens * jc.samples
     backlog.reserved_tokens += projected * token_estimate(prompt_tokens, jc.max_tokens, jc.samples)
     backlog.context_chars += round(projected * context)
+
+
+def _at_rate(cost: Cost | None, share: float) -> Cost | None:
+    """A batch job's cost: the online price times the Batch API's share."""
+    if cost is None or share == 1.0:
+        return cost
+    return Cost(round(cost.input_usd * share, 6), round(cost.output_usd_max * share, 6))
 
 
 def _unsendable(job: Job, item: WorkItem, why: request.Unsendable) -> None:
@@ -513,8 +526,12 @@ def render(result: DryRun) -> str:
             out.append(
                 f"cost: <= ${j.cost.total_usd_max:,.4f} "
                 f"(input ~${j.cost.input_usd:,.4f} + output <= ${j.cost.output_usd_max:,.4f})"
+                + (" at the batch rate (half the online price)" if j.mode == "batch" else "")
             )
-        out.append(f"time: ~{_duration(j.minutes)} at the provider's budget ({j.bound}-bound)")
+        if j.mode == "batch":
+            out.append("time: batch mode: results within 24 h (the provider's completion window)")
+        else:
+            out.append(f"time: ~{_duration(j.minutes)} at the provider's budget ({j.bound}-bound)")
         out.append("")
     chains = [j for j in result.jobs if j.backlog.fan_out is not None]
     if chains:

@@ -29,6 +29,7 @@ import structlog
 
 from synthd import items as items_mod
 from synthd import spool
+from synthd.batches import JobBatches
 from synthd.checkpoint import Checkpoint
 from synthd.config import Config
 from synthd.errors import InputError
@@ -125,17 +126,13 @@ class Feeder:
             if job.config.from_ is not None:
                 self.stages_of.setdefault(job.config.from_, []).append(name)
         self.stage_events = {s: asyncio.Event() for ss in self.stages_of.values() for s in ss}
+        self.batchers: dict[str, JobBatches] = {}  # batch-mode jobs (batches.py), by name
 
     def committed(self, outcomes: list[Outcome]) -> None:
         """The writer made these durable: their slots are free again."""
         for o in outcomes:
             if (rt := self.jobs.get(o.source.job)) is not None:
-                provider = rt.job.config.provider
-                self.slots[provider].release()
-                if held := self._held.pop((o.source.id, o.seq), 0):
-                    self.budgets[provider].release(held)
-            self.job_outstanding[o.source.job] -= 1
-        self.outstanding -= len(outcomes)
+                self._release(rt, (o.source.id, o.seq))
         if self.outstanding <= self._room:
             self._roomy.set()
         if self.stages_of:
@@ -156,7 +153,18 @@ class Feeder:
         """``job``'s feeder has returned: its stages may be able to end too."""
         self.feeding_jobs.discard(job)
         self.wake_stages({job})
-        self._check_quiet()
+
+    def _release(self, rt: JobRuntime, key: tuple[int, int]) -> None:
+        """An admitted item is done with its slot: committed, or packed into a batch (whose
+        items a restart finds again in the checkpoint, not among the admitted)."""
+        if key not in self._held:
+            return  # a batch's item from before a restart, or one released when packed
+        provider = rt.job.config.provider
+        self.slots[provider].release()
+        if held := self._held.pop(key):
+            self.budgets[provider].release(held)
+        self.outstanding -= 1
+        self.job_outstanding[rt.job.name] -= 1
 
     async def until_outstanding_zero(self) -> None:
         while self.outstanding:
@@ -178,6 +186,8 @@ class Feeder:
             for src in await asyncio.to_thread(cp.active_sources, name):
                 if await asyncio.to_thread(spool.claim_happened, cp, src):
                     await self._resume_source(name, src)
+            if (batcher := self.batchers.get(name)) is not None:
+                batcher.resumed.set()
             if self.resume_only:
                 return
             scanner = Scanner(job_dir, self.config.service.settle_s)
@@ -197,6 +207,8 @@ class Feeder:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.config.service.scan_interval_s)
         finally:
+            if (batcher := self.batchers.get(name)) is not None:
+                batcher.resumed.set()
             self.feeding -= 1
             self.job_fed(name)
 
@@ -260,7 +272,10 @@ class Feeder:
                 )
             await asyncio.to_thread(self.checkpoint.set_fingerprint, src.id, job.fingerprint)
         done_after = await asyncio.to_thread(self.checkpoint.done_after, src.id, src.resume_seq)
-        await self._stream_source(name, src, done_after)
+        skip: frozenset[int] = frozenset()
+        if (batcher := self.batchers.get(name)) is not None:
+            skip = await asyncio.to_thread(batcher.store.batched_seqs, src.id)
+        await self._stream_source(name, src, done_after, skip)
 
     # -- small files: one item each, read many at a time -------------------------------
 
@@ -294,7 +309,11 @@ class Feeder:
     # -- large files: streamed a chunk at a time -----------------------------------------
 
     async def _stream_source(
-        self, name: str, src: Source, done_after: dict[int, tuple[int, int]]
+        self,
+        name: str,
+        src: Source,
+        done_after: dict[int, tuple[int, int]],
+        skip: frozenset[int] = frozenset(),
     ) -> None:
         rt = self.jobs[name]
         provider = rt.job.config.provider
@@ -322,6 +341,8 @@ class Feeder:
                         last_end = thing.end
                         if thing.seq < src.resume_seq or thing.seq in done_before:
                             continue  # finished before a restart
+                        if thing.seq in skip:
+                            continue  # in a batch: its result comes from there
                         await self._admit_one(rt, provider, thing, nbytes)
                         if self._stop.is_set():
                             return
@@ -370,6 +391,8 @@ class Feeder:
 
     async def _admit_one(self, rt: JobRuntime, provider: str, thing: Thing, nbytes: int) -> None:
         """Wait for a slot and the item's bytes, then render and queue it."""
+        if (batcher := self.batchers.get(rt.job.name)) is not None:
+            await batcher.room()
         await self.slots[provider].acquire()
         await self.budgets[provider].acquire(nbytes)
         self._held[(thing.source.id, thing.seq)] = nbytes
@@ -396,7 +419,12 @@ class Feeder:
             )
             prepared = bad_input(rt.job, thing, time.time())
         if isinstance(prepared, Attempt):
-            rt.dispatcher.submit(prepared)
+            if (batcher := self.batchers.get(rt.job.name)) is not None:
+                batcher.add(prepared)
+                self._release(rt, (thing.source.id, thing.seq))
+                self._check_quiet()
+            else:
+                rt.dispatcher.submit(prepared)
         else:
             self.writer.submit(prepared)
 

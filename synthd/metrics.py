@@ -45,6 +45,10 @@ class JobStats:
     backlog: int | None = None  # items known to exist, when a reader could tell
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
+    # Batch mode: open batches by state, the requests in them, batches created.
+    batches: dict[str, int] = field(default_factory=dict)
+    batch_requests: int = 0
+    batches_created: int = 0
 
     def count(self, status: str) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
@@ -112,6 +116,7 @@ class StatsCollector(Collector):
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
             latency.add_metric([name], buckets, s.latency_sum_s)
         yield from (req, tokens, records, rejects, retries, dead, done, latency)
+        yield from _batch_families(self.jobs)
         in_flight = GaugeMetricFamily(
             "synthd_in_flight", "Requests on the wire", labels=["provider"]
         )
@@ -134,3 +139,17 @@ class StatsCollector(Collector):
             up.add_metric([name], 1 if p.up else 0)
             outages.add_metric([name], p.outages)
         yield from (in_flight, queued, limited, up, outages)
+
+
+def _batch_families(jobs: dict[str, JobStats]) -> Iterator[Metric]:
+    """Batch mode's: open batches by state, the requests in them, batches created."""
+    open_ = GaugeMetricFamily("synthd_batches", "Open batches by state", labels=["job", "state"])
+    pending = GaugeMetricFamily("synthd_batch_requests", "Requests in open batches", labels=["job"])
+    created = CounterMetricFamily("synthd_batches_created", "Batches created", labels=["job"])
+    for name, s in jobs.items():
+        for state, n in s.batches.items():
+            open_.add_metric([name, state], n)
+        if s.batches or s.batches_created:
+            pending.add_metric([name], s.batch_requests)
+            created.add_metric([name], s.batches_created)
+    yield from (open_, pending, created)

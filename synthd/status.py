@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import http.client
 import sqlite3
+import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from synthd import batchstore, spool
 from synthd import nodes as nodes_mod
-from synthd import spool
 from synthd.checkpoint import STATE_FILE, Checkpoint, JobCounts
 from synthd.config import Config, Price, parse_listen
 from synthd.cost import price_usd
@@ -112,6 +113,7 @@ class Status:
     jobs: list[JobStatus]
     shared: bool = False  # several daemons on one Redis ([coordination])
     nodes: list[nodes_mod.NodeStatus] | None = None  # None: Redis did not answer
+    batches: list[dict[str, Any]] = field(default_factory=list)  # batchstore.describe each
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -120,6 +122,7 @@ class Status:
             "metrics_url": self.metrics_url,
             "daemon_running": self.daemon_running,
             "jobs": [j.to_json() for j in self.jobs],
+            "batches": self.batches,
         }
         if self.shared:
             out["nodes"] = None if self.nodes is None else [n.to_json() for n in self.nodes]
@@ -174,10 +177,23 @@ def collect(
                 stage=_stage(job, handed.get(name, 0) - sum(c.items.values())),
             )
         )
+    batches = read_batches(cfg.state_dir / STATE_FILE)  # this node's
     if cfg.coordination is None:
-        return Status(str(cfg.source), str(state), url, live is not None, jobs)
+        return Status(str(cfg.source), str(state), url, live is not None, jobs, batches=batches)
     nodes = nodes_mod.read_nodes(cfg.coordination)
-    return Status(str(cfg.source), str(state), url, live is not None, jobs, True, nodes)
+    return Status(
+        str(cfg.source), str(state), url, live is not None, jobs, True, nodes, batches=batches
+    )
+
+
+def read_batches(state: Path) -> list[dict[str, Any]]:
+    """Batch mode's batches: every open one, then the latest closed."""
+    try:
+        rows = batchstore.read_batches(state)
+    except sqlite3.Error as e:
+        raise SynthdError(f"cannot read the checkpoint {state}: {e}") from e
+    now = time.time()
+    return [batchstore.describe(r, now) for r in rows]
 
 
 def read_counts(state: Path) -> list[JobCounts]:
@@ -342,7 +358,26 @@ def render(status: Status) -> str:
     unpriced = sorted({j.model for j in status.jobs if j.cost_usd is None and j.model})
     if unpriced:
         lines.append(f'no [prices."<model>"] for: {", ".join(unpriced)}')
+    lines.extend(_batch_lines(status.batches))
     return "\n".join(lines) + "\n"
+
+
+def _batch_lines(batches: list[dict[str, Any]]) -> list[str]:
+    if not batches:
+        return []
+    out = ["batches (batch mode): job  batch  id  state  done/failed/requests  age  expected"]
+    now = time.time()
+    for b in batches:
+        expected = "-"
+        if b["expected_finish"] is not None:
+            expected = f"in {max(0.0, b['expected_finish'] - now) / 60:,.1f} min"
+        out.append(
+            f"  {b['job']}  {b['batch']}  {b['id'] or '-'}  {b['state']}"
+            f"  {b['completed']}/{b['failed']}/{b['requests']}"
+            f"  {b['age_s'] / 60:,.1f} min  {expected}"
+            + (f"  ({b['reason']})" if b["reason"] else "")
+        )
+    return out
 
 
 def _row(j: JobStatus) -> list[str]:

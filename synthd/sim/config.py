@@ -66,6 +66,12 @@ class SimConfig:
     hang_s: float = 120.0
     fault_seed: int = 0
 
+    batch_time_s: float = 1.0  # how long a batch is in_progress (24 h scaled down)
+    batch_p_line_fail: float = 0.0  # share of a batch's lines that fail with a 500
+    batch_expire_every: int = 0  # every n-th batch expires with half its lines done; 0 = none
+    batch_fail_every: int = 0  # every n-th batch fails whole at validation; 0 = none
+    batch_enqueued_tokens: int = 0  # per model; a batch over it fails; 0 = no limit
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
@@ -95,6 +101,12 @@ class SimConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.batch_time_s) and self.batch_time_s >= 0):
+            raise ValueError(f"batch_time_s must be a finite number >= 0, got {self.batch_time_s}")
+        if not 0.0 <= self.batch_p_line_fail <= 1.0:
+            raise ValueError(f"batch_p_line_fail must be in [0, 1], got {self.batch_p_line_fail}")
+        if min(self.batch_expire_every, self.batch_fail_every, self.batch_enqueued_tokens) < 0:
+            raise ValueError("batch_expire_every, batch_fail_every, batch_enqueued_tokens >= 0")
         if self.shared_rpm < 0 or self.max_concurrent < 0 or self.spurious_429_at < 0:
             raise ValueError("shared_rpm, max_concurrent and spurious_429_at must be >= 0")
         for name, p in self.fault_probabilities().items():
@@ -203,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--p-{name.replace('_', '-')}", type=_probability, default=0.0)
     g.add_argument("--hang-s", type=float, default=d.hang_s, help="how long a hang lasts")
     g.add_argument("--fault-seed", type=int, default=d.fault_seed)
+
+    g = p.add_argument_group("batches (the Batch API)")
+    g.add_argument("--batch-time-s", type=float, default=d.batch_time_s, help="processing time")
+    g.add_argument("--batch-p-line-fail", type=_probability, default=d.batch_p_line_fail)
+    g.add_argument("--batch-expire-every", type=int, default=d.batch_expire_every)
+    g.add_argument("--batch-fail-every", type=int, default=d.batch_fail_every)
+    g.add_argument(
+        "--batch-enqueued-tokens",
+        type=int,
+        default=d.batch_enqueued_tokens,
+        help="per model; a batch over it fails with token_limit_exceeded (0 = no limit)",
+    )
     return p
 
 

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from synthd.errors import InvalidRequest
 from synthd.sim import content
+from synthd.sim.batches import Batches, add_routes
 from synthd.sim.config import SimConfig
 from synthd.sim.faults import Fault, FaultPlan
 from synthd.sim.limits import (
@@ -111,6 +112,7 @@ class Sim:
         self._id_counter = 0
         self._forced_mode = None if cfg.mode == "auto" else cfg.mode
         self._models_body = models_body(cfg.models, int(self.stats.started))
+        self.batches = Batches(cfg, self.answer)
 
     # -- helpers --
 
@@ -281,6 +283,22 @@ class Sim:
         request.transport.close()
         return web.Response(status=599)
 
+    def answer(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], int]:
+        """One request of a batch: (status, response body, completion tokens); no limits,
+        faults or latency (a batch has its own, in ``synthd.sim.batches``)."""
+        try:
+            req = parse_request("chat" if kind == "chat" else "text", body)
+        except InvalidRequest as e:
+            err = orjson.loads(error_body(e.message, "invalid_request_error", e.param))
+            return 400, err, 0
+        choices, completion_tokens, _ = self._choices(req, content_key(body))
+        self.stats.prompt_tokens += req.prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        reply = completion_body(
+            req, self._next_id(), int(time.time()), choices, completion_tokens, True
+        )
+        return 200, reply, completion_tokens
+
     async def models(self, request: web.Request) -> web.StreamResponse:
         if self.down():
             return self._outage_reply(request)
@@ -294,6 +312,8 @@ class Sim:
             out["shared_admitted"] = self.limiter.shared_admitted()
         if self.spurious_at is not None:
             out["spurious_429_at"] = self.spurious_at
+        if self.batches.batches:
+            out["batches"] = self.batches.counts()
         if self.outage is not None:
             # In wall-clock seconds, as per_second is.
             start = now - (time.monotonic() - self.born) + self.outage.at_s
@@ -321,11 +341,12 @@ SIM_KEY = web.AppKey("sim", Sim)
 def make_app(cfg: SimConfig) -> web.Application:
     """The aiohttp application; its Sim state is ``app[SIM_KEY]``. Does not bind anything."""
     sim = Sim(cfg)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=256 * 1024 * 1024)  # a batch file: up to 200 MB
     app[SIM_KEY] = sim
 
     async def on_shutdown(app: web.Application) -> None:
         sim.stopping.set()
+        await sim.batches.stop()
 
     app.on_shutdown.append(on_shutdown)
     r = app.router
@@ -335,5 +356,6 @@ def make_app(cfg: SimConfig) -> web.Application:
     r.add_get("/stats", sim.get_stats)
     r.add_post("/stats/reset", sim.reset_stats)
     r.add_get("/health", sim.health)
+    add_routes(app, sim.batches)
     r.add_route("*", "/{tail:.*}", sim.not_found)
     return app

@@ -23,6 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "synthd"
 PURE = frozenset(
     {
         "synthd.chunking",
+        "synthd.batchfile",
+        "synthd.batchresults",
         "synthd.circuit",
         "synthd.cost",
         "synthd.request",
@@ -54,6 +56,9 @@ PURE = frozenset(
 )
 IO = frozenset(
     {
+        "synthd.batchapi",
+        "synthd.batches",
+        "synthd.batchstore",
         "synthd.budget",
         "synthd.coordination",
         "synthd.nodes",
@@ -86,6 +91,7 @@ IO = frozenset(
         "synthd.sim.__main__",
         "synthd.sim.server",
         "synthd.handoff",
+        "synthd.sim.batches",
     }
 )
 # Neither: typed settings and observation that both sides use. ``config`` reads files and
