@@ -300,6 +300,8 @@ class Daemon:
                 rt.stats.records += o.records_written
                 if o.duplicates:
                     rt.stats.reject("duplicate", o.duplicates)
+                if o.near_duplicates:
+                    rt.stats.reject("near_duplicate", o.near_duplicates)
         self.feeder.committed(outcomes)
 
     def _source_done(self, src: Source, path: str) -> None:

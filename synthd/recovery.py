@@ -10,6 +10,7 @@ only: a cut is one ``ftruncate``, which a second crash cannot tear.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -18,14 +19,22 @@ import structlog
 from synthd import crashpoints
 from synthd.checkpoint import Checkpoint
 from synthd.models import Outcome, Source
+from synthd.neardup import Params
 from synthd.records import digest
 from synthd.shards import ShardStream, Tail
 
 log = structlog.get_logger("synthd.recovery")
 
 
-def recover(cp: Checkpoint, streams_of: dict[str, dict[str, ShardStream]]) -> int:
+def recover(
+    cp: Checkpoint,
+    streams_of: dict[str, dict[str, ShardStream]],
+    near: Mapping[str, Params] | None = None,
+) -> int:
     """Reconcile every job's shards with the checkpoint; returns the items adopted.
+
+    An adopted record joins its job's de-duplication index (exact, and ``near`` where
+    the job has it), as it would have in the commit the crash cut short.
 
     Blocking; runs once, before any work is read and before any shard is appended to.
     """
@@ -38,7 +47,7 @@ def recover(cp: Checkpoint, streams_of: dict[str, dict[str, ShardStream]]) -> in
                 stream.recover(p, cp.shard_offset((job, kind, stream.number_of(p)), old))
                 for p, old in stream.parts_with_legacy_paths()
             ]
-        adopted += _adopt(cp, job, tails)
+        adopted += _adopt(cp, job, tails, (near or {}).get(job))
         for stream in streams.values():
             parts = stream.parts()
             if parts[:-1]:
@@ -50,7 +59,7 @@ def recover(cp: Checkpoint, streams_of: dict[str, dict[str, ShardStream]]) -> in
     return adopted
 
 
-def _adopt(cp: Checkpoint, job: str, tails: dict[str, list[Tail]]) -> int:
+def _adopt(cp: Checkpoint, job: str, tails: dict[str, list[Tail]], near: Params | None) -> int:
     """Adopt the complete items past the committed offsets; cut the rest.
 
     Only truncation, never a rewrite: each tail is cut at its first line
@@ -94,6 +103,11 @@ def _adopt(cp: Checkpoint, job: str, tails: dict[str, list[Tail]]) -> int:
             tx.shard_offsets({(job, kind, tail.number): size})
         tx.record(outcomes)
         tx.dedupe(job, [d for o in outcomes for d in o.digests])
+        if near is not None:
+            for k in keep:
+                for kind, obj, _ in lines_of[k]:
+                    if kind == "records":
+                        tx.near_keep(job, obj["id"], near.keys(obj))
     if any(tail.lines for _, tail, _ in keyed):
         crashpoints.hit("recovery_adopted")
     for o in outcomes:

@@ -34,6 +34,7 @@ PURE = frozenset(
         "synthd.items",
         "synthd.jsonbytes",
         "synthd.models",
+        "synthd.neardup",
         "synthd.prompts",
         "synthd.ratemath",
         "synthd.records",
