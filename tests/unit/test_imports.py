@@ -35,6 +35,8 @@ PURE = frozenset(
         "synthd.jsonbytes",
         "synthd.models",
         "synthd.neardup",
+        "synthd.quality",
+        "synthd.reportpage",
         "synthd.prompts",
         "synthd.ratemath",
         "synthd.records",
@@ -50,6 +52,7 @@ IO = frozenset(
     {
         "synthd.budget",
         "synthd.recovery",
+        "synthd.report",
         "synthd.sim.run",
         "synthd.checkpoint",
         "synthd.cli",
