@@ -69,11 +69,23 @@ class Reservoir:
         self._rng = random.Random(seed)
 
     def add(self, item: Any) -> None:
+        if (slot := self.slot()) is not None:
+            self.put(slot, item)
+
+    def slot(self) -> int | None:
+        """Count one more item; the slot it takes, or None if it is not sampled. Lets a
+        caller build an expensive item only when it is kept."""
         self.seen += 1
         if len(self.items) < self.size:
+            return len(self.items)
+        j = self._rng.randrange(self.seen)
+        return j if j < self.size else None
+
+    def put(self, slot: int, item: Any) -> None:
+        if slot == len(self.items):
             self.items.append(item)
-        elif (j := self._rng.randrange(self.seen)) < self.size:
-            self.items[j] = item
+        else:
+            self.items[slot] = item
 
 
 class Tally:
@@ -118,10 +130,12 @@ class Tally:
         if isinstance(items, list):
             self.items_per_record.append(len(items))
             for item in items:
-                self.item_chars.append(len(str(item)))
-                self.item_openings[opening(str(item))] += 1
+                text = item if isinstance(item, str) else str(item)
+                self.item_chars.append(len(text))
+                self.item_openings[" ".join(text.split(None, 2)[:2])] += 1  # opening(), inline
         self._diversity.add(completion)
-        self._kept.add(_shown(rec))
+        if (slot := self._kept.slot()) is not None:
+            self._kept.put(slot, _shown(rec))
 
     def reject(self, rej: dict[str, Any]) -> None:
         self.rejects += 1
@@ -130,7 +144,8 @@ class Tally:
         self.by_filter[filter_of(rej)] += 1
         if rej.get("reason") == "near_duplicate" and isinstance(rej.get("similarity"), float):
             self.similarities.append(rej["similarity"])
-        self._rejected.add(_shown(rej))
+        if (slot := self._rejected.slot()) is not None:
+            self._rejected.put(slot, _shown(rej))
 
     def dead_letter(self, dead: dict[str, Any]) -> None:
         self.dead += 1
