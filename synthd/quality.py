@@ -22,7 +22,8 @@ DIVERSITY_SAMPLE = 10_000
 SIDE_BY_SIDE = 6  # kept and rejected records shown in the report
 TOP_OPENINGS = 15
 _WORD = re.compile(r"\w+")
-_BUCKET_S = 60
+_NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 21600, 86400)
+_MAX_BUCKETS = 120
 
 # A reject's reason -> the filter (config key) that gave it.
 _FILTER_OF = {
@@ -108,14 +109,14 @@ class Tally:
         self.items_per_record = array("I")
         self.openings: Counter[str] = Counter()
         self.item_openings: Counter[str] = Counter()
-        self.similarities = array("f")
+        self.similarities = array("d")
         self._diversity = Reservoir(DIVERSITY_SAMPLE, 1)
         self._kept = Reservoir(SIDE_BY_SIDE, 2)
         self._rejected = Reservoir(SIDE_BY_SIDE, 3)
 
     def _when(self, stream: str, t: Any) -> None:
         if isinstance(t, int | float) and t > 0:
-            self.timeline[stream][int(t) // _BUCKET_S * _BUCKET_S] += 1
+            self.timeline[stream][int(t)] += 1  # per second; bucketed by to_json
         else:
             self.undated += 1
 
@@ -159,11 +160,7 @@ class Tally:
             "job": self.job,
             "totals": {"records": self.records, "rejects": self.rejects, "dead": self.dead},
             "pass_rate": round(self.records / judged, 4) if judged else None,
-            "timeline": {
-                "bucket_s": _BUCKET_S,
-                "undated": self.undated,
-                **{k: [[t, n] for t, n in sorted(v.items())] for k, v in self.timeline.items()},
-            },
+            "timeline": timeline(self.timeline, self.undated),
             "rejects_by_reason": dict(self.by_reason.most_common()),
             "rejects_by_filter": dict(self.by_filter.most_common()),
             "dead_by_kind": dict(self.dead_by_kind.most_common()),
@@ -183,6 +180,21 @@ class Tally:
             "item_openings": [[k, n] for k, n in self.item_openings.most_common(TOP_OPENINGS)],
             "samples": {"kept": self._kept.items, "rejected": self._rejected.items},
         }
+
+
+def timeline(per_second: dict[str, Counter[int]], undated: int) -> dict[str, Any]:
+    """Each stream's lines per bucket: the smallest round bucket that gives at most
+    ``_MAX_BUCKETS`` of them over the whole span, so a short run and a week both read."""
+    times = [t for c in per_second.values() for t in c]
+    span = max(times) - min(times) if times else 0
+    bucket = next((b for b in _NICE_BUCKETS_S if span // b < _MAX_BUCKETS), _NICE_BUCKETS_S[-1])
+    out: dict[str, Any] = {"bucket_s": bucket, "undated": undated}
+    for stream, counts in per_second.items():
+        binned: Counter[int] = Counter()
+        for t, n in counts.items():
+            binned[t // bucket * bucket] += n
+        out[stream] = [[t, n] for t, n in sorted(binned.items())]
+    return out
 
 
 def summary(values: array[Any]) -> dict[str, Any]:

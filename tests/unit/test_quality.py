@@ -47,7 +47,9 @@ def test_counts_reasons_filters_openings_and_timeline() -> None:
     tl = j["timeline"]
     assert tl["undated"] == 1
     assert sum(n for _, n in tl["records"]) == 5
-    assert tl["dead"] == [[1_000_200 // 60 * 60, 1]]
+    assert tl["bucket_s"] == 5  # 200 s of lines: the smallest round size under 120 buckets
+    assert tl["dead"] == [[1_000_200, 1]]
+    assert sum(n for _, n in tl["rejects"]) == 3
     assert len(j["samples"]["kept"]) == 5 and len(j["samples"]["rejected"]) == 4
 
 
