@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from synthd import config, neardup
+from synthd import config, neardup, report
 from synthd.errors import ConfigError
 from tests.helpers import Workdir, run_once, sim_process, simple_job, write_provider_config
 
@@ -63,6 +63,11 @@ async def test_near_duplicates_go_to_rejects_with_the_kept_id_context_and_meta(
     stats = daemon.jobs["q"].stats
     assert stats.rejects.get("near_duplicate") == len(near)
     assert stats.records == len(records)
+    shown = report.build(config.load(work.path / "config" / "synthd.toml"), "q")
+    assert shown["near_duplicates"]["count"] == len(near)
+    assert shown["near_duplicates"]["share"] == round(len(near) / (len(near) + len(records)), 4)
+    assert shown["near_duplicates"]["similarity"]["min"] >= 0.85
+    assert shown["rejects_by_filter"]["near_dedupe"] == len(near)
 
 
 @pytest.mark.parametrize("point", ["checkpoint_committed:3", "shard_fsynced:3"])

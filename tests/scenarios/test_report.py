@@ -4,8 +4,10 @@ and a page that a real browser renders with no console error and no network."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 
 from synthd.reportpage import SECTIONS
 from tests import chromium
-from tests.helpers import ROOT
+from tests.helpers import ROOT, Workdir, sim_process, simple_job, write_provider_config
 
 
 def lines(folder: Path) -> list[dict[str, Any]]:
@@ -91,3 +93,31 @@ def test_browser_renders_the_plots_without_console_errors(
     shot = chromium.screenshot(url, tmp_path / "report.png")
     assert not shot.console
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_report_beside_a_running_daemon_reads_and_never_blocks(work: Workdir) -> None:
+    with sim_process("--latency-ms", "20") as url:
+        write_provider_config(work, url, simple_job("q", input='"lines"'), max_in_flight=4)
+        (work.spool("q") / "t.txt").write_text("\n".join(f"topic {i}" for i in range(3000)))
+        run = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml"]
+        with open(work.path / "daemon.log", "wb") as log:
+            daemon = subprocess.Popen(run, cwd=work.path, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while not work.lines("q"):
+                assert time.monotonic() < deadline and daemon.poll() is None
+                time.sleep(0.1)
+            report = [sys.executable, "-m", "synthd", "report", "q", "--config"]
+            done = subprocess.run(
+                [*report, "config/synthd.toml", "--out", "rep"], cwd=work.path, timeout=120
+            )
+            assert done.returncode == 0
+            seen = orjson.loads((work.path / "rep" / "report.json").read_bytes())["totals"]
+            assert seen["records"] > 0
+            assert daemon.poll() is None, "the daemon kept running"
+            while len(work.lines("q")) <= seen["records"]:  # and kept writing
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0
