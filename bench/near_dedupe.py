@@ -88,7 +88,9 @@ def quality(texts: list[str], p: neardup.Params, planted: int) -> dict[str, obje
     }
 
 
-def scale(texts: list[str], p: neardup.Params, n: int, batch: int) -> dict[str, object]:
+def scale(
+    texts: list[str], p: neardup.Params, n: int, batch: int, progress_every: int = 100_000
+) -> dict[str, object]:
     rng = random.Random(11)
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "synthd.db"
@@ -102,7 +104,10 @@ def scale(texts: list[str], p: neardup.Params, n: int, batch: int) -> dict[str, 
                 if i % 10 == 9 and recent:
                     made.append(plant(rng.choice(recent), rng))
                     continue
-                a, b = texts[i % len(texts)], texts[(i * 7919 + 13) % len(texts)]
+                # The second half's context moves on every pass over the contexts, so that
+                # no two texts are alike, though each first half comes back.
+                n_ctx = len(texts)
+                a, b = texts[i % n_ctx], texts[(i * 7919 + 13 + i // n_ctx * 104_729) % n_ctx]
                 t = a[: len(a) // 2] + " " + b[len(b) // 2 :] + f" {i}"
                 made.append(t)
                 if len(recent) < 1000:
@@ -116,6 +121,20 @@ def scale(texts: list[str], p: neardup.Params, n: int, batch: int) -> dict[str, 
                         tx.near_keep("q", f"r{start + j}", k)
                     else:
                         rejected += 1
+            done = start + len(made)
+            if done % progress_every == 0 and done < n:
+                so_far = time.process_time() - cpu0
+                grown_mb = rss_mb() - rss0
+                db_mb = sum(f.stat().st_size for f in Path(d).iterdir()) / 1e6
+                emit(
+                    {
+                        "records_so_far": done,
+                        "rejected": rejected,
+                        "cpu_us_per_record": round(so_far / done * 1e6, 1),
+                        "rss_growth_mb": round(grown_mb, 1),
+                        "db_mb": round(db_mb, 1),
+                    }
+                )
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         grown = rss_mb() - rss0
         cp.close()
@@ -140,13 +159,15 @@ def main() -> int:
     ap.add_argument("--planted", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
     args = ap.parse_args()
     with gzip.open(args.contexts) as f:
         texts = list(dict.fromkeys(orjson.loads(line)["text"] for line in f))
     p = neardup.Params(args.threshold, "completion", args.shingle_words)
     out: dict[str, object] = {"threshold": p.threshold, "shingle_words": p.shingle_words}
     out["band_rows"] = p.rows
-    out.update(quality(texts, p, args.planted))
+    if not args.skip_quality:
+        out.update(quality(texts, p, args.planted))
     if not args.skip_scale:
         out.update(scale(texts, p, args.records, args.batch))
     emit(out)
