@@ -106,3 +106,21 @@ def test_config_names_the_key_of_a_bad_threshold(work: Workdir) -> None:
     with pytest.raises(ConfigError) as e:
         config.load(path)
     assert "near_dedupe_field" in str(e.value)
+
+
+async def test_items_are_compared_one_by_one(work: Workdir) -> None:
+    with sim_process() as url:
+        job = near_job(input='"jsonl"', f_split='"lines"', f_near_dedupe_field='"items"')
+        write_provider_config(work, url, job)
+        rows = [{"text": TOPICS[i % len(TOPICS)]} for i in range(20)]
+        (work.spool("q") / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        await run_once(work)
+    records, rejects = work.lines("q"), work.lines("q", "rejects")
+    assert len(records) + len(rejects) == 20
+    near = [r for r in rejects if r["reason"] == "near_duplicate"]
+    assert near and all(r["detail"].startswith("items ") for r in near)
+    p = neardup.Params(0.85, "items")
+    kept = {r["id"]: p.keys(r) for r in records}
+    for r in near:
+        best = max(neardup.similarity(a.sig, b.sig) for a in p.keys(r) for b in kept[r["kept"]])
+        assert best == pytest.approx(r["similarity"], abs=1e-3)
