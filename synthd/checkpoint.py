@@ -16,6 +16,8 @@ Tables:
   streams  the same keyed by path, as earlier versions kept it: read only to
            recover a ``.part`` left by them
   seen     de-duplication digests per job
+  near_kept, near_bands  the near-duplicate index: each kept text's record id and
+           MinHash signature, and its LSH band keys (``synthd.neardup``)
   meta     this state's claim-id prefix and the count of claims made
   parents  upstream records a pipeline stage makes items from (``synthd.stages``)
   handoff  one row per stage item, written in the commit of its parent record; the
@@ -27,6 +29,8 @@ callers so one connection can be shared by the writer thread and others.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import secrets
 import sqlite3
@@ -42,6 +46,7 @@ import orjson
 
 from synthd import stages
 from synthd.models import Outcome, Source
+from synthd.neardup import Key, similarity
 
 STATE_FILE = "synthd.db"  # in [paths] state: the daemon's, status's and dry-run's one database
 
@@ -102,6 +107,10 @@ CREATE TABLE IF NOT EXISTS handoff (
   PRIMARY KEY (job, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS handoff_child ON handoff (job, parent, idx);
+CREATE TABLE IF NOT EXISTS near_kept (
+  id INTEGER PRIMARY KEY, job TEXT NOT NULL, record TEXT NOT NULL, sig BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS near_bands (band INTEGER PRIMARY KEY, kept INTEGER NOT NULL);
 """
 
 
@@ -434,6 +443,13 @@ class StageRow:
 StageLinks = dict[str, list[tuple[str, "stages.Per"]]]  # upstream job -> [(stage, per)]
 
 
+@functools.cache
+def _job_salt(job: str) -> int:
+    """Mixed into a job's band keys (all below 2**61), so that jobs share one table
+    (an integer primary key: the fastest SQLite has) but never each other's texts."""
+    return int.from_bytes(hashlib.blake2b(job.encode(), digest_size=8).digest()) >> 3
+
+
 def _claim_counter(db: sqlite3.Connection) -> tuple[str, int]:
     """This state's claim prefix and claim count, made on first use (inside a transaction)."""
     rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('claim_prefix', 'claims')"))
@@ -466,6 +482,42 @@ class Transaction:
             )
             fresh.append(cur.rowcount == 1)
         return fresh
+
+    def near_match(self, job: str, keys: list[Key], threshold: float) -> tuple[str, float] | None:
+        """The kept text most like any of ``keys`` at ``threshold`` or above, as
+        (its record id, the estimated similarity); None if there is none.
+
+        A band key is a candidate only; the stored signatures decide. A band key holds
+        the first kept text that had it: a later kept text with the same band is still
+        found through its other bands (two kept texts share a band only when they are
+        alike, though less than the threshold).
+        """
+        best: tuple[str, float] | None = None
+        salt = _job_salt(job)
+        for k in keys:
+            marks = ",".join("?" * len(k.bands))
+            rows = self.db.execute(
+                "SELECT record, sig FROM near_kept WHERE id IN"
+                f" (SELECT kept FROM near_bands WHERE band IN ({marks}))",
+                [b ^ salt for b in k.bands],
+            ).fetchall()
+            for record, sig in rows:
+                sim = similarity(k.sig, sig)
+                if sim >= threshold and (best is None or sim > best[1]):
+                    best = (record, sim)
+        return best
+
+    def near_keep(self, job: str, record_id: str, keys: list[Key]) -> None:
+        """Add a kept record's texts to the job's near-duplicate index."""
+        salt = _job_salt(job)
+        for k in keys:
+            cur = self.db.execute(
+                "INSERT INTO near_kept (job, record, sig) VALUES (?, ?, ?)", (job, record_id, k.sig)
+            )
+            self.db.executemany(
+                "INSERT OR IGNORE INTO near_bands (band, kept) VALUES (?, ?)",
+                [(b ^ salt, cur.lastrowid) for b in k.bands],
+            )
 
     def record(self, outcomes: list[Outcome]) -> None:
         self.db.executemany(

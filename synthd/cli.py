@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return sim_main(argv[1:])
     args = _parser().parse_args(argv)
-    if args.command in ("status", "dry-run", "export"):
+    if args.command in ("status", "dry-run", "export", "report"):
         # Their stdout is their result (often JSON): any log line goes to stderr.
         from synthd import logs
 
@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--val-fraction", type=_fraction, default=0.1)
     exp.add_argument("--seed", type=int, default=7, help="picks the train/validation split")
     exp.set_defaults(func=_export)
+
+    rep = sub.add_parser(
+        "report", help="write a job's quality report: DIR/report.html and DIR/report.json"
+    )
+    rep.add_argument("job")
+    rep.add_argument("--config", type=Path, required=True)
+    rep.add_argument("--out", type=Path, required=True, metavar="DIR")
+    rep.set_defaults(func=_report)
 
     health = sub.add_parser("healthcheck", help="exit 0 if the daemon's /healthz answers")
     health.add_argument("--url", default="http://127.0.0.1:9464/healthz")
@@ -163,6 +171,20 @@ def _export(args: argparse.Namespace) -> int:
     )
     print(render(summary, args.out, val_path(args.out)))
     return 0 if summary.ok else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from synthd import config, report
+
+    cfg = config.load(args.config)
+    result = report.build(cfg, args.job)
+    json_path, html_path = report.write(result, args.out)
+    t = result["totals"]
+    print(
+        f"{args.job}: {t['records']} records, {t['rejects']} rejects, {t['dead']} dead letters"
+        f" -> {html_path} and {json_path}"
+    )
+    return 0
 
 
 def _healthcheck(args: argparse.Namespace) -> int:

@@ -153,6 +153,11 @@ class FiltersConfig(_Frozen):
     min_turns: Annotated[int, Field(ge=0)] = 0
     reject_finish_reasons: tuple[str, ...] = ("content_filter",)
     dedupe: bool = True
+    # Near-duplicates (synthd.neardup): estimated Jaccard similarity over word shingles at or
+    # above which a text is rejected as a near-duplicate of one kept before. None: off.
+    near_dedupe: Annotated[float, Field(gt=0, le=1)] | None = None
+    near_dedupe_field: Literal["completion", "items", "turns"] = "completion"
+    near_dedupe_shingle_words: Annotated[int, Field(ge=1, le=8)] = 1
 
 
 class OutputConfig(_Frozen):

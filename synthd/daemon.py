@@ -441,6 +441,8 @@ class Daemon:
                 rt.stats.records += o.records_written
                 if o.duplicates:
                     rt.stats.reject("duplicate", o.duplicates)
+                if o.near_duplicates:
+                    rt.stats.reject("near_duplicate", o.near_duplicates)
         self.recent.add(outcomes)
         self.feeder.committed(outcomes)
         for b in self.batchers.values():

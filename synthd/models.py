@@ -107,3 +107,4 @@ class Outcome:
     completion_tokens: int = 0
     records_written: int = 0  # set by the writer, after de-duplication
     duplicates: int = 0
+    near_duplicates: int = 0  # set by the writer too

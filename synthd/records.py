@@ -94,6 +94,9 @@ def completed(
                 "completion": choice.text,
                 "finish_reason": choice.finish_reason,
                 "params": params,
+                "created": int(now),  # for the report's timeline
+                "context": context if sent_context is None else sent_context,
+                **({"meta": item.meta} if item.meta else {}),
             }
             if result.score is not None:
                 reject["score"] = result.score

@@ -10,6 +10,7 @@ only: a cut is one ``ftruncate``, which a second crash cannot tear.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ import structlog
 from synthd import crashpoints
 from synthd.checkpoint import Checkpoint, StageLinks
 from synthd.models import Outcome, Source
+from synthd.neardup import Params
 from synthd.records import digest
 from synthd.shards import ShardStream, Tail
 
@@ -28,12 +30,15 @@ def recover(
     cp: Checkpoint,
     streams_of: dict[str, dict[str, ShardStream]],
     links: StageLinks | None = None,
+    near: Mapping[str, Params] | None = None,
 ) -> int:
     """Reconcile every job's shards with the checkpoint; returns the items adopted.
 
     An adopted record hands its pipeline stages (``links``) their items in the same
-    transaction, as the writer's commit would have. Blocking; runs once, before any
-    work is read and before any shard is appended to.
+    transaction, and joins its job's de-duplication index (exact, and ``near`` where the
+    job has it), as the commit the crash cut short would have.
+
+    Blocking; runs once, before any work is read and before any shard is appended to.
     """
     adopted = 0
     for job, streams in streams_of.items():
@@ -44,7 +49,7 @@ def recover(
                 stream.recover(p, cp.shard_offset((job, kind, stream.number_of(p)), old))
                 for p, old in stream.parts_with_legacy_paths()
             ]
-        adopted += _adopt(cp, job, tails, links or {})
+        adopted += _adopt(cp, job, tails, links or {}, (near or {}).get(job))
         for stream in streams.values():
             parts = stream.parts()
             if parts[:-1]:
@@ -56,7 +61,13 @@ def recover(
     return adopted
 
 
-def _adopt(cp: Checkpoint, job: str, tails: dict[str, list[Tail]], links: StageLinks) -> int:
+def _adopt(
+    cp: Checkpoint,
+    job: str,
+    tails: dict[str, list[Tail]],
+    links: StageLinks,
+    near: Params | None,
+) -> int:
     """Adopt the complete items past the committed offsets; cut the rest.
 
     Only truncation, never a rewrite: each tail is cut at its first line
@@ -104,6 +115,11 @@ def _adopt(cp: Checkpoint, job: str, tails: dict[str, list[Tail]], links: StageL
             ours = sorted(keep)
             kept = [(job, r) for k in ours for kind, r, _ in lines_of[k] if kind == "records"]
             tx.hand_over(kept, links)
+        if near is not None:
+            for k in keep:
+                for kind, obj, _ in lines_of[k]:
+                    if kind == "records":
+                        tx.near_keep(job, obj["id"], near.keys(obj))
     if any(tail.lines for _, tail, _ in keyed):
         crashpoints.hit("recovery_adopted")
     for o in outcomes:

@@ -4,7 +4,9 @@ Every item's outcome (records, rejects, a dead letter, a bad input line) goes
 through ``Writer.submit``. The writer batches them for ``commit_interval_s``
 and commits each batch in a worker thread, in this order:
 
-1. de-duplicate records against the job's history (inside the transaction);
+1. de-duplicate records against the job's history (inside the transaction): exact
+   copies by digest, near-duplicates by MinHash (``synthd.neardup``) where the job
+   asks for it, their keys computed in the thread before the transaction opens;
 2. append the batch's lines to the ``.part`` shards and fsync each file once
    (group fsync: one fsync per stream per batch, not per record);
 3. commit the checkpoint: the items, the new resume points and the shard
@@ -35,12 +37,13 @@ from typing import Any, TypeVar
 
 import structlog
 
-from synthd import crashpoints, jsonbytes, recovery, spool
+from synthd import crashpoints, jsonbytes, neardup, recovery, spool
 from synthd.checkpoint import Checkpoint, StageLinks, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
 from synthd.histogram import Histogram
 from synthd.models import Outcome, Source
+from synthd.neardup import Key
 from synthd.shards import ShardStream
 
 log = structlog.get_logger("synthd.writer")
@@ -145,6 +148,11 @@ class Writer:
                     out / "dead-letter", config.shard_prefix("dead"), 1_000_000, o.shard_max_bytes
                 ),
             }
+        self.near = {
+            name: p
+            for name, job in config.jobs.items()
+            if (p := neardup.params_of(job.config.filters)) is not None
+        }
         self._key = {s: (job, kind) for job, ss in self.streams.items() for kind, s in ss.items()}
         self.stage_links = stage_links(config)
         self.progress: dict[int, Progress] = {}
@@ -167,7 +175,7 @@ class Writer:
 
         Blocking; runs once before any work is read.
         """
-        return recovery.recover(self.cp, self.streams, self.stage_links)
+        return recovery.recover(self.cp, self.streams, self.stage_links, self.near)
 
     def track(self, source: Source, done_after: dict[int, tuple[int, int]]) -> Progress:
         """Start following a source's progress from its resume point.
@@ -265,10 +273,11 @@ class Writer:
         touched: dict[ShardStream, tuple[int, int]] = {}
         sids = {o.source.id for o in outcomes} | {e.source_id for e in ends}
         before = [(p, p.copy()) for sid in sids if (p := self.progress.get(sid)) is not None]
+        keys = self._near_keys(outcomes)  # hashing outside the lock that claims wait on
         try:
             with self.cp.transaction() as tx:
                 kept: list[tuple[str, dict[str, Any]]] = []
-                data = self._encode(tx, outcomes, kept)
+                data = self._encode(tx, outcomes, kept, keys)
                 for (job, kind), (chunk, count) in data.items():
                     stream = self.streams[job][kind]
                     touched.setdefault(stream, stream.mark())
@@ -329,11 +338,21 @@ class Writer:
             crashpoints.hit("shard_renamed")
             self._unrotated.discard(stream)
 
+    def _near_keys(self, outcomes: list[Outcome]) -> dict[tuple[int, int], list[Key]]:
+        """(outcome, record) -> the near-duplicate keys of that record's texts."""
+        keys: dict[tuple[int, int], list[Key]] = {}
+        for i, o in enumerate(outcomes):
+            if (params := self.near.get(o.source.job)) is not None:
+                for j, rec in enumerate(o.lines.get("records", ())):
+                    keys[i, j] = params.keys(rec)
+        return keys
+
     def _encode(
         self,
         tx: Transaction,
         outcomes: list[Outcome],
         kept: list[tuple[str, dict[str, Any]]] | None = None,
+        keys: dict[tuple[int, int], list[Key]] | None = None,
     ) -> dict[tuple[str, str], tuple[bytearray, int]]:
         """The batch's lines per stream; records that feed a stage are added to ``kept``."""
         # One growing buffer per stream: see jsonbytes for why not a list to join.
@@ -344,25 +363,50 @@ class Writer:
             jsonbytes.append_line(chunks[key], obj)
             counts[key] += 1
 
-        for o in outcomes:
+        keys = keys or {}
+        for i, o in enumerate(outcomes):
             job = o.source.job
             records = o.lines.get("records", [])
             fresh = tx.dedupe(job, o.digests) if o.digests else [True] * len(records)
-            o.records_written = sum(fresh)
-            o.duplicates = len(records) - o.records_written
+            o.duplicates = len(records) - sum(fresh)
+            o.near_duplicates = 0
             sink = kept if kept is not None and job in self.stage_links else None
-            for rec, new in zip(records, fresh, strict=True):
-                if new:
+            for j, (rec, new) in enumerate(zip(records, fresh, strict=True)):
+                if not new:
+                    dup = {**rec, "reason": "duplicate", "detail": "same completion seen before"}
+                    add((job, "rejects"), dup)
+                elif (near := self._near(tx, job, rec, keys.get((i, j)))) is not None:
+                    o.near_duplicates += 1
+                    add((job, "rejects"), near)
+                else:
                     add((job, "records"), rec)
                     if sink is not None:
                         sink.append((job, rec))
-                else:
-                    dup = {**rec, "reason": "duplicate", "detail": "same completion seen before"}
-                    add((job, "rejects"), dup)
+            o.records_written = len(records) - o.duplicates - o.near_duplicates
             for kind in ("rejects", "dead"):
                 for obj in o.lines.get(kind, ()):
                     add((job, kind), obj)
         return {k: (buf, counts[k]) for k, buf in chunks.items()}
+
+    def _near(
+        self, tx: Transaction, job: str, rec: dict[str, Any], keys: list[Key] | None
+    ) -> dict[str, Any] | None:
+        """The reject line if ``rec`` is a near-duplicate; else None, and it joins the index."""
+        if not keys:
+            return None
+        params = self.near[job]
+        match = tx.near_match(job, keys, params.threshold)
+        if match is None:
+            tx.near_keep(job, rec["id"], keys)
+            return None
+        kept, sim = match
+        return {
+            **rec,
+            "reason": "near_duplicate",
+            "detail": f"{params.field} {sim:.2f} similar to {kept}",
+            "kept": kept,
+            "similarity": round(sim, 4),
+        }
 
     def _advance(
         self, outcomes: list[Outcome], ends: list[SourceEnd]
