@@ -153,6 +153,7 @@ class Feeder:
         """``job``'s feeder has returned: its stages may be able to end too."""
         self.feeding_jobs.discard(job)
         self.wake_stages({job})
+        self._check_quiet()
 
     def _release(self, rt: JobRuntime, key: tuple[int, int]) -> None:
         """An admitted item is done with its slot: committed, or packed into a batch (whose
