@@ -78,6 +78,7 @@ IO = frozenset(
         "synthd.export",
         "synthd.feeder",
         "synthd.looplag",
+        "synthd.dirsync",
         "synthd.allowance",
         "synthd.pacer",
         "synthd.memory",
