@@ -34,6 +34,7 @@ import orjson
 import structlog
 
 from synthd import batchresults, crashpoints
+from synthd.allowance import Allowance
 from synthd.batchapi import BatchApi
 from synthd.batchfile import (
     BATCH_URLS,
@@ -67,28 +68,6 @@ SETTLE_CHUNK = 1000
 SPILL_BYTES = 4 * 1024 * 1024  # a pack's lines go to its file in pieces of this size
 
 
-class EnqueuedTokens:
-    """A provider's budget of tokens in batches at once: ``acquire`` waits while over it.
-
-    A batch larger than the whole budget goes through when nothing else is enqueued.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._freed = asyncio.Event()
-
-    async def acquire(self, n: int) -> None:
-        while self.used and self.used + n > self.limit:
-            self._freed.clear()
-            await self._freed.wait()
-        self.used += n
-
-    def release(self, n: int) -> None:
-        self.used -= n
-        self._freed.set()
-
-
 class JobBatches:
     """One batch job's pack and the drivers of its batches, on the daemon's loop."""
 
@@ -97,7 +76,7 @@ class JobBatches:
         rt: JobRuntime,
         store: BatchStore,
         api: BatchApi,
-        tokens: EnqueuedTokens,
+        tokens: Allowance,  # the provider's enqueued tokens
         writer: Writer,
         folder: Path,
         price: Price | None,

@@ -27,8 +27,9 @@ import structlog
 
 from synthd import config as config_mod
 from synthd import crashpoints, handoff, memory, notify
+from synthd.allowance import Allowance
 from synthd.batchapi import BatchApi
-from synthd.batches import EnqueuedTokens, JobBatches
+from synthd.batches import JobBatches
 from synthd.batchstore import BatchStore
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.client import make_client
@@ -356,7 +357,7 @@ class Daemon:
         if not wanted:
             return
         store = await asyncio.to_thread(BatchStore, self.checkpoint)
-        apis: dict[str, tuple[BatchApi, EnqueuedTokens]] = {}
+        apis: dict[str, tuple[BatchApi, Allowance]] = {}
         for rt in wanted:
             provider = rt.job.config.provider
             if provider not in apis:
@@ -366,7 +367,7 @@ class Daemon:
                 )
                 await api.start()
                 self._batch_apis.append(api)
-                apis[provider] = (api, EnqueuedTokens(cfg.batch_enqueued_tokens))
+                apis[provider] = (api, Allowance(cfg.batch_enqueued_tokens))
             api, tokens = apis[provider]
             folder = self.config.paths.state / "batches" / rt.job.name
             price = self.config.prices.get(rt.job.config.model)

@@ -29,6 +29,7 @@ import structlog
 
 from synthd import items as items_mod
 from synthd import spool
+from synthd.allowance import Allowance
 from synthd.batches import JobBatches
 from synthd.checkpoint import Checkpoint
 from synthd.config import Config
@@ -59,29 +60,6 @@ YIELD_EVERY = 32  # items rendered between two chances for the loop to do other 
 Thing = WorkItem | BadLine
 
 
-class ByteBudget:
-    """Bytes admitted and not yet durable: ``acquire`` waits while over the limit.
-
-    An item larger than the whole budget is let through when nothing else is
-    held, so no item waits forever.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._freed = asyncio.Event()
-
-    async def acquire(self, n: int) -> None:
-        while self.used and self.used + n > self.limit:
-            self._freed.clear()
-            await self._freed.wait()
-        self.used += n
-
-    def release(self, n: int) -> None:
-        self.used -= n
-        self._freed.set()
-
-
 class Feeder:
     """Every job's feeding, and the count of what is admitted but not yet durable."""
 
@@ -110,7 +88,7 @@ class Feeder:
             name: asyncio.Semaphore(cfg.max_in_flight + ADMIT_AHEAD)
             for name, cfg in config.providers.items()
         }
-        self.budgets = {name: ByteBudget(ADMIT_BYTES) for name in config.providers}
+        self.budgets = {name: Allowance(ADMIT_BYTES) for name in config.providers}
         self._held: dict[tuple[int, int], int] = {}  # (source id, seq) -> bytes admitted
         self._since_yield = 0
         self.outstanding = 0  # admitted items, plus files being read

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from synthd.dirsync import fsync_dir
+
 _PART = ".part"
 
 
@@ -198,7 +200,7 @@ class ShardStream:
         os.close(self._fd)
         self._fd, self._path, self.number, self.offset, self.records = None, None, None, 0, 0
         with contextlib.suppress(OSError):  # the rename is done; the dir fsync is a bonus
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         return final
 
     def _open(self, path: Path) -> None:
@@ -209,7 +211,7 @@ class ShardStream:
         self.last_number = max(self.last_number, self.number)
         self.offset = os.fstat(self._fd).st_size
         self.records = 0
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def _next_number(self) -> int:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -217,11 +219,3 @@ class ShardStream:
             int(m.group(1)) for p in self.folder.iterdir() if (m := self._pattern.match(p.name))
         ]
         return max([self.last_number, *numbers]) + 1
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -34,6 +34,7 @@ import structlog
 
 from synthd import crashpoints
 from synthd.checkpoint import Checkpoint
+from synthd.dirsync import fsync_dir, fsync_dirs
 from synthd.errors import InputError
 from synthd.models import Source
 
@@ -143,7 +144,7 @@ def claim_batch(
             continue
         won.append(src)
     if won:
-        _fsync_dirs(job_dir / WORK, job_dir)
+        fsync_dirs(job_dir / WORK, job_dir)
         crashpoints.hit("claim_renamed")
     if lost:
         cp.forget_sources(lost)
@@ -178,7 +179,7 @@ def sweep_work(cp: Checkpoint, job_dir: Path) -> None:
             moved.add(Path(target).parent)
             log.info("move_finished", file=src_path.name, moved_to=target)
     if moved:
-        _fsync_dirs(work, *moved)
+        fsync_dirs(work, *moved)
 
 
 def done_targets(job_dir: Path, names: Iterable[str]) -> list[str]:
@@ -218,7 +219,7 @@ def move_finished(moves: list[tuple[Source, str]]) -> None:
         folders.add(os.path.dirname(target))
         crashpoints.hit("source_moved")
     try:
-        _fsync_dirs(*map(Path, folders))
+        fsync_dirs(*map(Path, folders))
     except OSError as e:  # the commit stands; only a power cut now could undo a move
         log.error("fsync_failed", folders=sorted(folders), error=str(e))
 
@@ -230,7 +231,7 @@ def fail_claimed(cp: Checkpoint, job_dir: Path, src: Source, reason: str, detail
         target = fail(job_dir, current, src.name, reason, detail)
     else:  # deleted while claimed: the report alone says what happened
         target = fail_missing(job_dir, src.name, reason, detail)
-    _fsync_dirs(current.parent, target.parent)
+    fsync_dirs(current.parent, target.parent)
     crashpoints.hit("source_moved")
     cp.end_source(src.id, "failed", str(target), f"{reason}: {detail}")
     return target
@@ -242,21 +243,7 @@ def refuse(job_dir: Path, name: str, reason: str, detail: str) -> None:
         target = fail(job_dir, job_dir / name, name, reason, detail)
     except FileNotFoundError:
         return
-    _fsync_dirs(job_dir, target.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the renames into or out of ``folder`` durable (a power cut keeps them)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dirs(*folders: Path) -> None:
-    for folder in dict.fromkeys(folders):
-        fsync_dir(folder)
+    fsync_dirs(job_dir, target.parent)
 
 
 def bom_codec(head: bytes) -> str | None:

@@ -78,6 +78,8 @@ IO = frozenset(
         "synthd.export",
         "synthd.feeder",
         "synthd.looplag",
+        "synthd.dirsync",
+        "synthd.allowance",
         "synthd.pacer",
         "synthd.memory",
         "synthd.notify",
