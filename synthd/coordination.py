@@ -357,13 +357,16 @@ class Coordinator:
             self._held.discard(node)
             log.error("takeover_failed", node=self.node, dead_node=node, error=repr(e))
             return
-        self._held.discard(node)
         try:
             await self._release(
                 keys=[lease_key(node), NODES_KEY, info_key(node)], args=[node, self.holder]
             )
         except REDIS_DOWN as e:  # the lease runs out by itself; the next taker finds no work
             self.redis_down(repr(e))
+        finally:
+            # Only now: while the release is on its way the node is still listed as dead, and
+            # the loop would take it over a second time.
+            self._held.discard(node)
         log.warning("takeover_done", node=self.node, dead_node=node)
 
     async def close(self, work_left: bool) -> None:

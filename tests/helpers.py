@@ -59,8 +59,10 @@ class Workdir:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def lines(self, job: str, stream: str = "records") -> list[dict[str, Any]]:
-        """Every complete line of a job's stream, closed and open shards alike."""
+    def lines(self, job: str, stream: str = "records", live: bool = False) -> list[dict[str, Any]]:
+        """Every line of a job's stream, closed and open shards alike. ``live``: a daemon may
+        be appending, so an open shard's unfinished last line is not read (a torn line is
+        an error only once every daemon has stopped)."""
         folder = self.path / "out" / job
         if stream == "rejects":
             folder = folder / "rejects"
@@ -68,7 +70,10 @@ class Workdir:
             folder = folder / "dead-letter"
         out = []
         for shard in sorted(folder.glob("*.jsonl*")):
-            out.extend(orjson.loads(raw) for raw in shard.read_bytes().splitlines())
+            data = shard.read_bytes()
+            if live:
+                data = data[: data.rfind(b"\n") + 1]
+            out.extend(orjson.loads(raw) for raw in data.splitlines())
         return out
 
 

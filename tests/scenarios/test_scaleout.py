@@ -103,8 +103,8 @@ def start(
         log.close()
 
 
-def records(work: Workdir) -> list[dict[str, Any]]:
-    return work.lines("q")
+def records(work: Workdir, live: bool = False) -> list[dict[str, Any]]:
+    return work.lines("q", live=live)
 
 
 def keys_of(lines: list[dict[str, Any]]) -> Counter[str]:
@@ -157,7 +157,9 @@ def test_three_daemons_share_the_spool_each_item_once(
     procs = start_all(work, NODES)
     try:
         keys = spool_items(work)
-        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(
+            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
+        )
         wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
     finally:
         stop_all(procs)
@@ -199,7 +201,7 @@ def test_status_shows_every_node_its_lease_and_share(
     procs = start_all(work, ("a", "b"))
     try:
         spool_items(work)
-        wait_for(lambda: len(records(work)) >= 60, "some records")
+        wait_for(lambda: len(records(work, live=True)) >= 60, "some records")
         shown = status_json(work, "c")  # any node's config reads the same Redis
     finally:
         stop_all(procs)
@@ -220,7 +222,8 @@ def test_a_sigkilled_node_is_finished_by_the_others(
     try:
         # Kill b once it has written records and still holds claimed files.
         def b_busy() -> bool:
-            mine = [r for r in records(work) if r["source"]["claim"] in claims_of(work, "b")]
+            live = records(work, live=True)
+            mine = [r for r in live if r["source"]["claim"] in claims_of(work, "b")]
             return len(mine) >= 5 and bool(claims_of(work, "b") & claimed_now(work))
 
         wait_for(b_busy, "node b busy with claimed files")
@@ -228,7 +231,9 @@ def test_a_sigkilled_node_is_finished_by_the_others(
         procs["b"].wait(timeout=10)
         left = claims_of(work, "b") & claimed_now(work)
         assert left, "b held no claim when killed: the test proves nothing"
-        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(
+            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
+        )
         wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
     finally:
         stop_all(procs)
@@ -258,7 +263,9 @@ def test_without_takeover_a_dead_nodes_claims_wait_for_it(
         assert claims_of(work, "b") & claimed_now(work) == left
         assert not events(work, "a", "takeover_start")
         procs["b"] = start(work, "b")  # back: it finishes its own
-        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(
+            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
+        )
         wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
     finally:
         stop_all(procs)
@@ -287,7 +294,9 @@ def test_a_taker_killed_mid_takeover_is_taken_over_in_turn(
         assert procs["a"].wait(timeout=60) == -signal.SIGKILL
         assert [e["dead_node"] for e in events(work, "a", "takeover_start")] == ["b"]
         procs["c"] = start(work, "c")
-        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(
+            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
+        )
         wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
     finally:
         stop_all(procs)
@@ -309,7 +318,9 @@ def test_a_node_stopped_with_claims_left_hands_them_over(
         assert procs["a"].wait(timeout=30) == 0
         released = events(work, "a", "lease_released")
         assert released and released[0]["work_left"] is True
-        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(
+            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
+        )
         wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
     finally:
         stop_all(procs)
@@ -345,11 +356,13 @@ def test_redis_restarted_mid_run_loses_and_doubles_nothing(
     keys = spool_items(work)
     procs = {n: start(work, n) for n in NODES}
     try:
-        wait_for(lambda: len(records(work)) >= 40, "some records")
+        wait_for(lambda: len(records(work, live=True)) >= 40, "some records")
         redis_server.stop()
         time.sleep(1.5)
         redis_server.start()
-        wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+        wait_for(
+            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
+        )
         wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
     finally:
         stop_all(procs)
@@ -450,7 +463,9 @@ def test_a_429_seen_by_one_node_pauses_the_others(work: Workdir, redis_server: R
         procs = start_all(work, ("a", "b"))
         try:
             keys = spool_items(work)
-            wait_for(lambda: keys_of(records(work)).keys() >= keys, "every item has a record")
+            wait_for(
+                lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
+            )
         finally:
             stop_all(procs)
     assert_exactly_once(work, keys)
