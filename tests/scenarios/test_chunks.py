@@ -166,13 +166,14 @@ def test_a_kill_during_a_5000_passage_file_leaves_every_passage_once(
     want = expected(text, 16, 3)
     assert len(want) == 5000, len(want)
     (work.spool("q") / "long.txt").write_text(text)
-    codes: Counter[int] = Counter()
     # Killed after a few commits, then at the fsync before a commit (lines past the
-    # checkpoint that recovery adopts), then again: each life resumes mid-file.
-    for point in ("checkpoint_committed:3", "shard_fsynced:5", "checkpoint_committed:40"):
-        codes[life(work, point)] += 1
-    assert codes[-signal.SIGKILL] >= 2, codes
-    assert 0 < len(by_seq(work, "long.txt")) < 5000, "the kills fell mid-file"
+    # checkpoint that recovery adopts): both fall mid-file, so each life resumes mid-file.
+    for point in ("checkpoint_committed:3", "shard_fsynced:5"):
+        assert life(work, point) == -signal.SIGKILL
+        assert 0 < len(by_seq(work, "long.txt")) < 5000, "the kill fell mid-file"
+    # A third kill may or may not come before the end: a fast machine commits the
+    # rest of the file in fewer than 40 group commits.
+    assert life(work, "checkpoint_committed:40") in (0, -signal.SIGKILL)
     assert life(work, None) == 0, (work.path / "daemon.log").read_text()[-3000:]
     assert_each_passage_once(work, "long.txt", want)
     ids = [r["id"] for r in work.lines("q")]
