@@ -161,6 +161,19 @@ def batch_failure(obj: dict[str, Any]) -> str:
     return "failed"
 
 
+def failed_batch(batch_id: str | None, code: str) -> dict[str, Any]:
+    """A batch as if the provider reported it failed with ``code``: one it refused to
+    create (``refused``) or refuses to show (``lost``), whose items then go again."""
+    return {"id": batch_id, "status": "failed", "errors": {"data": [{"code": code}]}}
+
+
+def token_limit_after(limit: int, enqueued_before: int, tokens: int) -> int:
+    """The enqueued-token limit once a batch of ``tokens`` failed with
+    ``token_limit_exceeded`` while ``enqueued_before`` were enqueued: below what it made,
+    yet at least 1 (a batch alone over it still goes, when nothing else is enqueued)."""
+    return min(limit, max(1, enqueued_before + tokens - 1))
+
+
 def poll_delay_s(polls: int, base_s: float, max_s: float) -> float:
     """The wait before the next status poll: doubling from ``base_s`` up to ``max_s``."""
     return float(min(max_s, base_s * 2 ** min(polls, 30)))

@@ -8,11 +8,13 @@ local file) gives the prompt as sent.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+from dataclasses import replace
 from typing import Any
 
 from synthd import records
 from synthd.batchfile import LineResult, Member, body_of
-from synthd.config import Job, Price
+from synthd.config import BatchFallback, Job, Price
 from synthd.cost import BATCH_DISCOUNT, price_usd
 from synthd.filters import FilterChain
 from synthd.models import Outcome, Rejection, Reply, Source, WorkItem
@@ -69,3 +71,30 @@ def dead(
     for d in out.lines["dead"]:
         d["batch_id"] = batch_id
     return out
+
+
+def unfinished(
+    members: list[Member],
+    handled: Collection[str],
+    sources: Mapping[int, Source],
+    status: str,
+    fallback: BatchFallback,
+    max_resubmits: int,
+) -> tuple[list[Member], list[Member], list[Member]]:
+    """What becomes of a closed batch's members without a result: sent in the next round
+    (their tries counted), sent online (an expiry, with ``batch_fallback = "online"``),
+    or dead letters (out of rounds); each in the members' order. A member already done,
+    or whose source is gone, is none of these."""
+    again: list[Member] = []
+    online: list[Member] = []
+    dead: list[Member] = []
+    for m in members:
+        if m.custom_id in handled or m.source_id not in sources:
+            continue
+        if status == "expired" and fallback == "online":
+            online.append(m)
+        elif m.tries < max_resubmits:
+            again.append(replace(m, tries=m.tries + 1))
+        else:
+            dead.append(m)
+    return again, online, dead

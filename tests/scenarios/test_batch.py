@@ -179,9 +179,9 @@ async def test_status_metrics_and_dry_run_know_batches(work: Workdir, plain: Run
 async def test_a_pack_spilled_to_its_file_in_pieces_keeps_every_line_whole(
     work: Workdir, plain: RunningSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from synthd import batches
+    from synthd import batchpack
 
-    monkeypatch.setattr(batches, "SPILL_BYTES", 700)  # a piece every line or two
+    monkeypatch.setattr(batchpack, "SPILL_BYTES", 700)  # a piece every line or two
     write_provider_config(work, plain.base_url, batch_job(batch_max_requests=13))
     spool_lines(work)
     await run_once(work)

@@ -10,9 +10,11 @@ from synthd.batchfile import (
     batch_failure,
     body_of,
     custom_id,
+    failed_batch,
     parse_results,
     poll_delay_s,
     request_line,
+    token_limit_after,
 )
 
 
@@ -82,3 +84,16 @@ def test_lines_taken_out_still_count_against_the_limits() -> None:
     assert p.take() == b"a" * 40 and p.data == b"" and p.size == 40
     p.add(b"b" * 50, member(1))
     assert p.size == 90 and not p.fits(11) and p.take() == b"b" * 50 and p.spilled == 90
+
+
+def test_a_batch_refused_or_lost_reads_as_failed_with_its_code() -> None:
+    lost = failed_batch("batch_1", "lost")
+    assert lost["id"] == "batch_1" and lost["status"] == "failed"
+    assert batch_failure(lost) == "lost"
+    assert batch_failure(failed_batch(None, "refused")) == "refused"
+
+
+def test_a_token_limit_failure_lowers_the_limit_below_what_it_made() -> None:
+    assert token_limit_after(10_000, 3_000, 2_000) == 4_999  # under the 5,000 it made
+    assert token_limit_after(4_000, 3_000, 2_000) == 4_000  # already lower: kept
+    assert token_limit_after(10_000, 0, 0) == 1  # never zero: a lone batch still goes

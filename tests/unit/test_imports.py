@@ -60,7 +60,9 @@ PURE = frozenset(
 IO = frozenset(
     {
         "synthd.batchapi",
+        "synthd.batchdriver",
         "synthd.batches",
+        "synthd.batchpack",
         "synthd.batchstore",
         "synthd.budget",
         "synthd.coordination",
