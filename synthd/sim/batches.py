@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from synthd.sim.config import SimConfig
-from synthd.sim.protocol import error_body
+from synthd.sim.protocol import error_body, list_page
 
 # (kind, body) -> (status, response body): how the server answers one request.
 Answer = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any], int]]
@@ -157,14 +157,9 @@ class Batches:
         limit = max(1, min(10_000, int(request.query.get("limit", "10000"))))
         purpose = request.query.get("purpose")
         ordered = [f for f in reversed(self.files.values()) if purpose in (None, f.purpose)]
-        after = request.query.get("after")
-        if after is not None:
-            ids = [f.id for f in ordered]
-            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
-        page = ordered[:limit]
-        return _json(
-            {"object": "list", "data": [f.obj() for f in page], "has_more": len(ordered) > limit}
-        )
+        window, more = list_page([f.id for f in ordered], request.query.get("after"), limit)
+        page = ordered[window]
+        return _json({"object": "list", "data": [f.obj() for f in page], "has_more": more})
 
     async def file_info(self, request: web.Request) -> web.StreamResponse:
         f = self.files.get(request.match_info["id"])
@@ -216,18 +211,15 @@ class Batches:
         """Newest first; ``after`` is the id the previous page ended with."""
         limit = max(1, min(100, int(request.query.get("limit", "20"))))
         ordered = list(reversed(self.batches.values()))
-        after = request.query.get("after")
-        if after is not None:
-            ids = [b.id for b in ordered]
-            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
-        page = ordered[:limit]
+        window, more = list_page([b.id for b in ordered], request.query.get("after"), limit)
+        page = ordered[window]
         return _json(
             {
                 "object": "list",
                 "data": [b.obj() for b in page],
                 "first_id": page[0].id if page else None,
                 "last_id": page[-1].id if page else None,
-                "has_more": len(ordered) > limit,
+                "has_more": more,
             }
         )
 
@@ -370,17 +362,3 @@ def _line(
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(r) + b"\n" for r in rows)
-
-
-def add_routes(app: web.Application, batches: Batches) -> None:
-    """The Files and Batch API routes (before the server's catch-all)."""
-    r = app.router
-    r.add_post("/v1/files", batches.upload)
-    r.add_get("/v1/files", batches.list_files)
-    r.add_get("/v1/files/{id}", batches.file_info)
-    r.add_get("/v1/files/{id}/content", batches.file_content)
-    r.add_delete("/v1/files/{id}", batches.file_delete)
-    r.add_post("/v1/batches", batches.create)
-    r.add_get("/v1/batches", batches.list_batches)
-    r.add_get("/v1/batches/{id}", batches.get)
-    r.add_post("/v1/batches/{id}/cancel", batches.cancel)

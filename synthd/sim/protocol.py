@@ -264,6 +264,15 @@ BAD_GATEWAY_HTML = (
 )
 
 
+def list_page(ids: list[str], after: str | None, limit: int) -> tuple[slice, bool]:
+    """A list endpoint's page over ``ids`` (newest first): up to ``limit`` after the id
+    ``after`` (none when it is not one of them), and whether more follow."""
+    start = 0
+    if after is not None:
+        start = ids.index(after) + 1 if after in ids else len(ids)
+    return slice(start, start + limit), len(ids) - start > limit
+
+
 def models_body(models: tuple[str, ...], created: int) -> bytes:
     """The body of GET /v1/models: a list object with one model object per name."""
     return orjson.dumps(

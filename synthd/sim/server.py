@@ -26,7 +26,7 @@ from aiohttp import web
 
 from synthd.errors import InvalidRequest
 from synthd.sim import content
-from synthd.sim.batches import Batches, add_routes
+from synthd.sim.batches import Batches
 from synthd.sim.config import SimConfig
 from synthd.sim.faults import Fault, FaultPlan
 from synthd.sim.limits import (
@@ -349,13 +349,25 @@ def make_app(cfg: SimConfig) -> web.Application:
         await sim.batches.stop()
 
     app.on_shutdown.append(on_shutdown)
-    r = app.router
-    r.add_post("/v1/chat/completions", sim.chat_completions)
-    r.add_post("/v1/completions", sim.completions)
-    r.add_get("/v1/models", sim.models)
-    r.add_get("/stats", sim.get_stats)
-    r.add_post("/stats/reset", sim.reset_stats)
-    r.add_get("/health", sim.health)
-    add_routes(app, sim.batches)
-    r.add_route("*", "/{tail:.*}", sim.not_found)
+    b = sim.batches
+    app.add_routes(
+        [
+            web.post("/v1/chat/completions", sim.chat_completions),
+            web.post("/v1/completions", sim.completions),
+            web.get("/v1/models", sim.models),
+            web.get("/stats", sim.get_stats),
+            web.post("/stats/reset", sim.reset_stats),
+            web.get("/health", sim.health),
+            web.post("/v1/files", b.upload),
+            web.get("/v1/files", b.list_files),
+            web.get("/v1/files/{id}", b.file_info),
+            web.get("/v1/files/{id}/content", b.file_content),
+            web.delete("/v1/files/{id}", b.file_delete),
+            web.post("/v1/batches", b.create),
+            web.get("/v1/batches", b.list_batches),
+            web.get("/v1/batches/{id}", b.get),
+            web.post("/v1/batches/{id}/cancel", b.cancel),
+            web.route("*", "/{tail:.*}", sim.not_found),  # last: after every other route
+        ]
+    )
     return app
