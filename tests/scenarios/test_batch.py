@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from synthd.daemon import Daemon
 from synthd.sim import RunningSim, SimConfig, running_sim
 from tests.helpers import Workdir, run_once, simple_job, write_provider_config
 
@@ -38,6 +39,16 @@ def outcomes(work: Workdir) -> Counter[int]:
     return Counter(ln["source"]["seq"] for ln in lines)
 
 
+async def run_lines(work: Workdir, s: RunningSim, **job: Any) -> Daemon:
+    """The batch job over ``N_LINES`` spooled lines, run once against ``s``; every item
+    has ended as exactly one outcome."""
+    write_provider_config(work, s.base_url, batch_job(**job))
+    spool_lines(work)
+    daemon = await run_once(work)
+    assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+    return daemon
+
+
 async def sim(**kw: Any) -> AsyncIterator[RunningSim]:
     async with running_sim(SimConfig(**{"port": 0, "batch_time_s": 0.05, **kw})) as s:
         yield s
@@ -52,10 +63,7 @@ async def plain() -> AsyncIterator[RunningSim]:
 async def test_once_sends_every_item_in_batches_and_records_each_once(
     work: Workdir, plain: RunningSim
 ) -> None:
-    write_provider_config(work, plain.base_url, batch_job())
-    spool_lines(work)
-    daemon = await run_once(work)
-    assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+    daemon = await run_lines(work, plain)
     recs = work.lines("q")
     assert len(recs) == N_LINES and all(r["batch_id"].startswith("batch_") for r in recs)
     assert len({r["batch_id"] for r in recs}) == 4  # 30 items, 8 a batch
@@ -71,10 +79,7 @@ def sim_batches(s: RunningSim) -> list[dict[str, Any]]:
 
 async def test_failed_lines_are_resubmitted_alone_until_done(work: Workdir) -> None:
     async for s in sim(batch_p_line_fail=0.3, fault_seed=3):
-        write_provider_config(work, s.base_url, batch_job(batch_max_resubmits=12))
-        spool_lines(work)
-        await run_once(work)
-        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        await run_lines(work, s, batch_max_resubmits=12)
         assert len(work.lines("q")) == N_LINES
         made = sim_batches(s)
         assert len(made) > 4  # the failed lines went again ...
@@ -85,10 +90,7 @@ async def test_failed_lines_are_resubmitted_alone_until_done(work: Workdir) -> N
 
 async def test_an_expired_batch_resubmits_its_remainder(work: Workdir) -> None:
     async for s in sim(batch_expire_every=2):
-        write_provider_config(work, s.base_url, batch_job(batch_max_resubmits=10))
-        spool_lines(work)
-        await run_once(work)
-        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        await run_lines(work, s, batch_max_resubmits=10)
         assert len(work.lines("q")) == N_LINES
         made = sim_batches(s)
         assert any(b["status"] == "expired" for b in made)
@@ -97,10 +99,7 @@ async def test_an_expired_batch_resubmits_its_remainder(work: Workdir) -> None:
 
 async def test_resubmits_run_out_into_dead_letters_with_the_reason(work: Workdir) -> None:
     async for s in sim(batch_expire_every=1):
-        write_provider_config(work, s.base_url, batch_job(batch_max_resubmits=1))
-        spool_lines(work)
-        await run_once(work)
-        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        await run_lines(work, s, batch_max_resubmits=1)
         dead = work.lines("q", "dead")
         assert dead and all("batch_expired" in d["error"] and d["batch_id"] for d in dead)
         assert len(work.lines("q")) + len(dead) == N_LINES
@@ -109,10 +108,7 @@ async def test_resubmits_run_out_into_dead_letters_with_the_reason(work: Workdir
 
 async def test_fallback_online_sends_what_an_expiry_left(work: Workdir) -> None:
     async for s in sim(batch_expire_every=1):
-        write_provider_config(work, s.base_url, batch_job(batch_fallback='"online"'))
-        spool_lines(work)
-        await run_once(work)
-        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        await run_lines(work, s, batch_fallback='"online"')
         recs = work.lines("q")
         assert len(recs) == N_LINES
         online = [r for r in recs if "batch_id" not in r]
@@ -122,20 +118,14 @@ async def test_fallback_online_sends_what_an_expiry_left(work: Workdir) -> None:
 
 async def test_a_failed_batch_is_sent_again_whole(work: Workdir) -> None:
     async for s in sim(batch_fail_every=2):
-        write_provider_config(work, s.base_url, batch_job())
-        spool_lines(work)
-        await run_once(work)
-        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        await run_lines(work, s)
         assert len(work.lines("q")) == N_LINES
         assert any(b["status"] == "failed" for b in sim_batches(s))
 
 
 async def test_token_limit_exceeded_then_success(work: Workdir) -> None:
     async for s in sim(batch_enqueued_tokens=2000, batch_time_s=2.0):
-        write_provider_config(work, s.base_url, batch_job())
-        spool_lines(work)
-        await run_once(work)
-        assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+        await run_lines(work, s)
         assert len(work.lines("q")) == N_LINES
         made = sim_batches(s)
         codes = [b["errors"]["data"][0]["code"] for b in made if b["status"] == "failed"]
@@ -182,10 +172,7 @@ async def test_a_pack_spilled_to_its_file_in_pieces_keeps_every_line_whole(
     from synthd import batchpack
 
     monkeypatch.setattr(batchpack, "SPILL_BYTES", 700)  # a piece every line or two
-    write_provider_config(work, plain.base_url, batch_job(batch_max_requests=13))
-    spool_lines(work)
-    await run_once(work)
-    assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+    await run_lines(work, plain, batch_max_requests=13)
     for r in work.lines("q"):  # each record's prompt is its own line's, read back by offset
         assert f"topic number {r['source']['seq']} about" in r["messages"][-1]["content"]
     assert (
@@ -255,10 +242,7 @@ async def test_a_batch_job_and_an_online_job_share_a_daemon(
 
 
 async def test_files_are_kept_when_asked(work: Workdir, plain: RunningSim) -> None:
-    write_provider_config(work, plain.base_url, batch_job(batch_delete_files="false"))
-    spool_lines(work)
-    await run_once(work)
-    assert outcomes(work) == dict.fromkeys(range(N_LINES), 1)
+    await run_lines(work, plain, batch_delete_files="false")
     made = sim_batches(plain)
     kept = set(plain.sim.batches.files)
     assert {b["input_file_id"] for b in made} | {b["output_file_id"] for b in made} <= kept
