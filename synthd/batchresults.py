@@ -3,7 +3,8 @@ mode, marked with the batch and what they cost. Pure.
 
 A member (``batchfile.Member``) carries what its record needs besides the reply: its source
 position, its fields, the context as sent; its request line (read back from the batch's
-local file) gives the prompt as sent.
+local file) gives the prompt as sent. A member without a result when its batch ends goes
+in the next round, online, or to the dead letters (``unfinished``).
 """
 
 from __future__ import annotations
