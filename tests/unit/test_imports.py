@@ -23,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "synthd"
 PURE = frozenset(
     {
         "synthd.chunking",
+        "synthd.chunkpreview",
         "synthd.batchfile",
         "synthd.batchresults",
         "synthd.circuit",
@@ -75,6 +76,7 @@ IO = frozenset(
         "synthd.crashpoints",
         "synthd.daemon",
         "synthd.dryrun",
+        "synthd.projection",
         "synthd.export",
         "synthd.feeder",
         "synthd.looplag",
