@@ -27,6 +27,8 @@ PURE = frozenset(
         "synthd.batchfile",
         "synthd.batchresults",
         "synthd.circuit",
+        "synthd.config_base",
+        "synthd.config_jobs",
         "synthd.cost",
         "synthd.request",
         "synthd.sim.stats",
@@ -108,6 +110,7 @@ SHELL = frozenset(
     {
         "synthd",
         "synthd.config",
+        "synthd.config_coordination",
         "synthd.logs",
         "synthd.metrics",
         "synthd.monitor",
