@@ -43,7 +43,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from synthd.budget import Budget
-from synthd.config import CoordinationConfig, ProviderConfig
+from synthd.config import ProviderConfig
+from synthd.config_coordination import CoordinationConfig
 from synthd.errors import SynthdError
 from synthd.sharedbudget import REDIS_DOWN, SharedBudget
 

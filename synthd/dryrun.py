@@ -17,12 +17,14 @@ reserves them, without retries or the ramp after a 429.
 Nothing is sent, moved or written: spool files are opened for reading, the
 checkpoint (if any) read-only, and a UTF-16/32 file, which the daemon transcodes
 in place when it claims it, is transcoded into a temporary copy instead.
+
+How an ``input = "chunks"`` job's first files are cut is shown by ``synthd.chunkpreview``;
+what a pipeline stage would get from its upstream is projected by ``synthd.projection``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,20 +34,19 @@ from typing import Any
 import orjson
 import structlog
 
-from synthd import handoff, request, spool, stages
+from synthd import chunkpreview, projection, request, spool
 from synthd import items as items_mod
 from synthd.checkpoint import STATE_FILE, Checkpoint
-from synthd.chunking import CHARS_PER_TOKEN
+from synthd.chunkpreview import ChunkedFile
 from synthd.config import Config, Job, Price
 from synthd.cost import BATCH_DISCOUNT, price_usd
 from synthd.errors import ConfigError, InputError
 from synthd.fingerprint import sampling_params
 from synthd.models import BadLine, Source, WorkItem
 from synthd.prompts import ENDPOINTS
-from synthd.ratemath import Calibration, token_estimate
+from synthd.ratemath import Calibration
 
 log = structlog.get_logger("synthd.dryrun")
-CHUNKED_FILES_SHOWN = 10  # input = "chunks": how the first files are cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,39 +87,6 @@ class Cost:
     @property
     def total_usd_max(self) -> float:
         return round(self.input_usd + self.output_usd_max, 6)
-
-
-@dataclass(slots=True)
-class ChunkedFile:
-    """How one file of an ``input = "chunks"`` job is cut: its passages' count and sizes
-    (tokens estimated at the chunker's fixed characters per token), and the first two."""
-
-    file: str
-    passages: int = 0
-    tokens_min: int = 0
-    tokens_max: int = 0
-    tokens_total: int = 0
-    first: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # (span, text)
-
-    def add(self, item: WorkItem) -> None:
-        assert item.span is not None
-        tokens = -(-(item.span[1] - item.span[0]) // CHARS_PER_TOKEN)
-        self.tokens_min = tokens if not self.passages else min(self.tokens_min, tokens)
-        self.tokens_max = max(self.tokens_max, tokens)
-        self.tokens_total += tokens
-        self.passages += 1
-        if len(self.first) < 2:
-            self.first.append((item.span, item.fields["context"]))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "passages": self.passages,
-            "tokens_min": self.tokens_min,
-            "tokens_mean": round(self.tokens_total / max(1, self.passages), 1),
-            "tokens_max": self.tokens_max,
-            "first": [{"span": list(span), "text": text} for span, text in self.first],
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +193,7 @@ def plan(cfg: Config, jobs: Sequence[str] = (), n: int = 5) -> DryRun:
             known = ", ".join(cfg.jobs)
             raise ConfigError(str(cfg.source), "jobs", f"no job named {name!r} (jobs: {known})")
     # A stage's estimate needs its upstream's first, and a chain is costed whole.
-    names = _with_chains(cfg, names)
+    names = projection.with_chains(cfg, names)
     state = cfg.state_dir / STATE_FILE
     cp = Checkpoint(state, readonly=True) if state.exists() else None
     try:
@@ -262,24 +230,6 @@ def estimate_cost(price: Price | None, prompt_tokens: int, completion_tokens: in
     return Cost(round(parts[0], 6), round(parts[1], 6))
 
 
-def _with_chains(cfg: Config, names: list[str]) -> list[str]:
-    """``names`` with every job of their pipelines, each after the job it takes from."""
-    upstream = {name: job.config.from_ for name, job in cfg.jobs.items()}
-    wanted = set(names)
-    changed = True
-    while changed:
-        before = len(wanted)
-        wanted |= {n for n, up in upstream.items() if up in wanted}
-        wanted |= {up for n, up in upstream.items() if n in wanted and up is not None}
-        changed = len(wanted) != before
-    order: list[str] = []
-    for name in cfg.jobs:
-        for link in stages.chain_of(upstream, name):
-            if link in wanted and link not in order:
-                order.append(link)
-    return order
-
-
 def _plan_job(
     cfg: Config, job: Job, cp: Checkpoint | None, n: int, planned: dict[str, JobPlan]
 ) -> JobPlan:
@@ -291,12 +241,17 @@ def _plan_job(
     backlog = Backlog()
     samples: list[Sample] = []
     chunked: list[ChunkedFile] = []
-    sources = _sources(cfg, job, cp, backlog) if jc.from_ is None else _stage_source(job, cp)
+    if jc.from_ is None:
+        sources = _sources(cfg, job, cp, backlog)
+    else:
+        sources = projection.stage_source(job, cp)
     for src, path, done in sources:
-        shown = ChunkedFile(src.name) if len(chunked) < CHUNKED_FILES_SHOWN else None
+        shown = ChunkedFile(src.name) if len(chunked) < chunkpreview.FILES_SHOWN else None
         try:
             total = 0
-            things = _read(cfg, job, src, path) if jc.from_ is None else _stage_items(job, cp)
+            things = (
+                _read(cfg, job, src, path) if jc.from_ is None else projection.stage_items(job, cp)
+            )
             for thing in things:
                 total = thing.seq + 1
                 if shown is not None and isinstance(thing, WorkItem) and thing.span is not None:
@@ -330,7 +285,13 @@ def _plan_job(
         if shown is not None and shown.passages:
             chunked.append(shown)
     if jc.from_ is not None:
-        _project(cfg, job, cp, planned[jc.from_], backlog, calibration)
+        up = planned[jc.from_].backlog
+        _add(
+            backlog,
+            projection.project(
+                cfg, job, cp, up.requests + up.projected_requests, up.context_chars, calibration
+            ),
+        )
     provider = cfg.providers[jc.provider]
     minutes, bound = estimate_minutes(
         backlog.requests + backlog.projected_requests,
@@ -360,59 +321,14 @@ def _plan_job(
     )
 
 
-def _stage_source(job: Job, cp: Checkpoint | None) -> Iterator[tuple[Source, Path, set[int]]]:
-    """A stage has no files: one pseudo-source, whose items are its pending hand-off rows."""
-    if cp is not None:
-        yield Source(0, job.name, "dry-run", f"<{job.name}>", "", job.fingerprint), Path(), set()
-
-
-def _stage_items(job: Job, cp: Checkpoint | None) -> Iterator[WorkItem]:
-    """The items handed to a stage and not done, as the daemon's stage feeder makes them."""
-    if cp is None:
-        return
-    src = Source(0, job.name, "dry-run", f"<{job.name}>", "", job.fingerprint)
-    try:
-        rows = cp.stage_pending(job.name)
-    except sqlite3.OperationalError:
-        return  # a state from before pipelines
-    for row in rows:
-        yield handoff.stage_item(src, row, job.config.per)
-
-
-def _project(
-    cfg: Config,
-    job: Job,
-    cp: Checkpoint | None,
-    up: JobPlan,
-    backlog: Backlog,
-    calibration: Calibration,
-) -> None:
-    """Add what the upstream's backlog would hand this stage: every record kept (an upper
-    bound, like the completion tokens), ``fan_out`` items each."""
-    jc = job.config
-    upcfg = cfg.jobs[up.job].config
-    observed = None
-    if cp is not None and jc.per == "item":
-        with contextlib.suppress(sqlite3.OperationalError):
-            handed = cp.stage_totals().get(job.name, 0)
-            records = sum(c.records for c in cp.counts() if c.job == up.job)
-            observed = handed / records if handed and records else None
-    fan = stages.fan_out(jc.per, observed, upcfg.filters.max_items, upcfg.filters.min_items)
-    upstream_requests = up.backlog.requests + up.backlog.projected_requests
-    projected = round(upstream_requests * up.samples_per_request * fan)
-    backlog.fan_out = round(fan, 3)
-    backlog.projected_requests = projected
-    if not projected:
-        return
-    context = up.backlog.context_chars / upstream_requests
-    frame = len(job.template.render(dict.fromkeys(job.template.fields, ""))) + len(job.system or "")
-    completion = upcfg.max_tokens * calibration.chars_per_token
-    chars = stages.stage_prompt_chars(frame, job.template.fields, context, completion, fan)
-    prompt_tokens = calibration.estimate(round(chars))
-    backlog.prompt_tokens += projected * prompt_tokens
-    backlog.completion_tokens_max += projected * jc.max_tokens * jc.samples
-    backlog.reserved_tokens += projected * token_estimate(prompt_tokens, jc.max_tokens, jc.samples)
-    backlog.context_chars += round(projected * context)
+def _add(backlog: Backlog, more: projection.Projection) -> None:
+    """A stage's backlog, with what its upstream's would hand it (their tokens counted)."""
+    backlog.fan_out = more.fan_out
+    backlog.projected_requests = more.requests
+    backlog.prompt_tokens += more.prompt_tokens
+    backlog.completion_tokens_max += more.completion_tokens_max
+    backlog.reserved_tokens += more.reserved_tokens
+    backlog.context_chars += more.context_chars
 
 
 def _at_rate(cost: Cost | None, share: float) -> Cost | None:
@@ -502,7 +418,7 @@ def render(result: DryRun) -> str:
             out.append(orjson.dumps(s.body, option=orjson.OPT_INDENT_2).decode())
         if b.requests == 0:
             out.append("-- no request to show: nothing sendable in the backlog")
-        out.extend(_render_chunked(j.chunked))
+        out.extend(chunkpreview.render(j.chunked))
         out.append(
             f"backlog: {b.files_pending:,} files pending, {b.files_claimed:,} claimed; "
             f"{b.requests:,} requests, {b.bad_lines:,} bad lines, {b.unsendable:,} unsendable"
@@ -545,24 +461,6 @@ def render(result: DryRun) -> str:
             " retries and 429 pauses not included)"
         )
     return "\n".join(out) + "\n"
-
-
-SHOWN_CHARS = 400  # of each passage shown; --json has them whole
-
-
-def _render_chunked(files: list[ChunkedFile]) -> list[str]:
-    out = []
-    for c in files:
-        mean = c.tokens_total / max(1, c.passages)
-        out.append(
-            f"-- chunks of {c.file}: {c.passages:,} passages of ~{c.tokens_min:,} / "
-            f"{mean:,.0f} / {c.tokens_max:,} tokens (min / mean / max)"
-        )
-        for i, ((start, end), text) in enumerate(c.first, 1):
-            shown = text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " [...]"
-            out.append(f"   passage {i}, characters {start:,}-{end:,}:")
-            out.append("   | " + shown.replace("\n", "\n   | "))
-    return out
 
 
 def _duration(minutes: float) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from synthd import judge as judge_mod
-from synthd.config import FiltersConfig, JudgeConfig
+from synthd.config_jobs import FiltersConfig, JudgeConfig
 from synthd.models import Accepted, Rejection
 
 # List markers followed by white space: "1. ", "2) ", "- ", "(a) ", "Q3: ". The

@@ -1,7 +1,7 @@
 """A job's fingerprint: what, if changed, would produce different records.
 
 Pure, and below ``config`` in the import graph: it reads a job's settings through the
-``Sampling`` protocol, which ``config.JobConfig`` satisfies, so ``config`` can compute the
+``Sampling`` protocol, which ``config_jobs.JobConfig`` satisfies, so ``config`` can compute the
 fingerprint while it builds a ``Job``.
 """
 
@@ -15,7 +15,7 @@ import orjson
 
 
 class Sampling(Protocol):
-    """The settings of a job that shape a request (``config.JobConfig`` has them all)."""
+    """The settings of a job that shape a request (``config_jobs.JobConfig`` has them all)."""
 
     @property
     def api(self) -> str: ...

@@ -68,7 +68,7 @@ def kind_of(name: str, configured: str) -> str:
 
 
 class InputSettings(Protocol):
-    """What reading needs of a job's config (``synthd.config.JobConfig`` has it)."""
+    """What reading needs of a job's config (``synthd.config_jobs.JobConfig`` has it)."""
 
     @property
     def input(self) -> str: ...

@@ -21,7 +21,7 @@ _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 class JudgeSettings(Protocol):
-    """What a verdict needs of a job's ``judge`` table (``config.JudgeConfig`` has it)."""
+    """What a verdict needs of a job's ``judge`` table (``config_jobs.JudgeConfig`` has it)."""
 
     @property
     def min_score(self) -> float: ...

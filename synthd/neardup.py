@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import rensa
 
-from synthd.config import FiltersConfig
+from synthd.config_jobs import FiltersConfig
 
 NUM_PERM = 128
 SEED = 1  # changing it would make every stored signature meaningless

@@ -17,7 +17,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from synthd.checkpoint import STATE_FILE, JobCounts
-from synthd.config import CoordinationConfig
+from synthd.config_coordination import CoordinationConfig
 from synthd.coordination import NODES_KEY, info_key, lease_key
 
 

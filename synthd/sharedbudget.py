@@ -39,7 +39,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from synthd.config import CoordinationConfig, ProviderConfig
+from synthd.config import ProviderConfig
+from synthd.config_coordination import CoordinationConfig
 
 log = structlog.get_logger("synthd.sharedbudget")
 

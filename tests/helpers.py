@@ -111,6 +111,20 @@ def simple_job(name: str = "q", max_tokens: int = 40, **extra: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Job t on lines, on model m-1 with its price: what the readers (dry-run, status) cost.
+# Its prompt is prompts/t.txt; a test may add keys to [jobs.t] after it.
+PRICED_JOB = """
+[prices."m-1"]
+input_per_mtok = 2.0
+output_per_mtok = 10.0
+
+[jobs.t]
+prompt = "prompts/t.txt"
+model = "m-1"
+input = "lines"
+"""
+
+
 _PROVIDER_DEFAULTS: dict[str, Any] = {
     "rpm": 1_000_000,
     "tpm": 1_000_000_000,

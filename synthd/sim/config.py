@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass, fields
-from typing import Literal, get_args
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from synthd.sim.faults import FAULT_NAMES
 
@@ -17,6 +17,18 @@ Mode = Literal["auto", "questions", "conversation", "json", "text", "answer", "j
 LatencyDist = Literal["lognormal", "normal"]
 LimitKind = Literal["bucket", "fixed"]
 OutageKind = Literal["503", "refuse"]
+
+
+# Fields that are a time or a latency: finite and >= 0.
+_DURATIONS = (
+    "latency_ms",
+    "latency_spread_ms",
+    "latency_per_token_ms",
+    "hang_s",
+    "outage_at_s",
+    "outage_s",
+    "batch_time_s",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +93,7 @@ class SimConfig:
             raise ValueError(f"latency_dist must be one of {get_args(LatencyDist)}")
         if not self.models or not all(self.models):
             raise ValueError("models must name at least one model")
-        for name in ("latency_ms", "latency_spread_ms", "latency_per_token_ms", "hang_s"):
+        for name in _DURATIONS:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -97,12 +109,6 @@ class SimConfig:
             math.isfinite(self.retry_after_s) and self.retry_after_s >= 0
         ):
             raise ValueError(f"retry_after_s must be finite and >= 0, got {self.retry_after_s}")
-        for name in ("outage_at_s", "outage_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if not (math.isfinite(self.batch_time_s) and self.batch_time_s >= 0):
-            raise ValueError(f"batch_time_s must be a finite number >= 0, got {self.batch_time_s}")
         if not 0.0 <= self.batch_p_line_fail <= 1.0:
             raise ValueError(f"batch_p_line_fail must be in [0, 1], got {self.batch_p_line_fail}")
         if min(self.batch_expire_every, self.batch_fail_every, self.batch_enqueued_tokens) < 0:
@@ -121,6 +127,10 @@ class SimConfig:
         return {name: float(getattr(self, f"p_{name}")) for name in FAULT_NAMES}
 
 
+_DEFAULTS = SimConfig()
+_HINTS = get_type_hints(SimConfig)
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -130,104 +140,82 @@ def _probability(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI of ``python -m synthd.sim`` (also ``synthd sim``); defaults come from SimConfig."""
-    d = SimConfig()
     p = argparse.ArgumentParser(
         prog="synthd sim",
         description="An OpenAI-compatible completion API simulator with limits and faults.",
     )
-    p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
-    p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
-    p.add_argument("--seed", type=int, default=d.seed, help="content seed")
-    p.add_argument("--mode", choices=get_args(Mode), default=d.mode)
+    _flag(p, "host", "address to bind (default %(default)s)")
+    _flag(p, "port", "0 picks a free port")
+    _flag(p, "seed", "content seed")
+    _flag(p, "mode")
     p.add_argument(
         "--models",
-        default=",".join(d.models),
+        default=",".join(_DEFAULTS.models),
         help="comma-separated ids listed by /v1/models (any model is accepted)",
     )
 
     g = p.add_argument_group("latency")
-    g.add_argument("--latency-ms", type=float, default=d.latency_ms, help="mean; 0 = no sleep")
-    g.add_argument("--latency-spread-ms", type=float, default=d.latency_spread_ms, help="std-dev")
-    g.add_argument("--latency-dist", choices=get_args(LatencyDist), default=d.latency_dist)
-    g.add_argument(
-        "--latency-per-token-ms",
-        type=float,
-        default=d.latency_per_token_ms,
-        help="added per completion token of the longest choice",
-    )
+    _flag(g, "latency_ms", "mean; 0 = no sleep")
+    _flag(g, "latency_spread_ms", "std-dev")
+    _flag(g, "latency_dist")
+    _flag(g, "latency_per_token_ms", "added per completion token of the longest choice")
 
     g = p.add_argument_group("rate limits (per API key; 0 = unlimited)")
-    g.add_argument("--rpm", type=int, default=d.rpm, help="requests per minute")
-    g.add_argument("--tpm", type=int, default=d.tpm, help="tokens per minute")
-    g.add_argument(
-        "--limit-window-s",
-        type=float,
-        default=d.limit_window_s,
-        help="bucket capacity = limit * window / 60 (default %(default)s)",
+    _flag(g, "rpm", "requests per minute")
+    _flag(g, "tpm", "tokens per minute")
+    _flag(g, "limit_window_s", "bucket capacity = limit * window / 60 (default %(default)s)")
+    _flag(
+        g, "limit_kind", "bucket: refilling token buckets; fixed: a request count per fixed window"
     )
-    g.add_argument(
-        "--limit-kind",
-        choices=get_args(LimitKind),
-        default=d.limit_kind,
-        help="bucket: refilling token buckets; fixed: a request count per fixed window",
-    )
-    g.add_argument(
-        "--retry-after-s", type=float, default=d.retry_after_s, help="constant retry-after on 429"
-    )
+    _flag(g, "retry_after_s", "constant retry-after on 429", type=float)
     g.add_argument(
         "--no-rate-headers",
         dest="rate_headers",
         action="store_false",
         help="never send x-ratelimit-* headers",
     )
-    g.add_argument(
-        "--shared-rpm",
-        type=int,
-        default=d.shared_rpm,
-        help="another client on the same key takes this many requests a minute",
-    )
-    g.add_argument(
-        "--max-concurrent",
-        type=int,
-        default=d.max_concurrent,
-        help="requests in progress per key; above it a bare 429 (0 = no limit)",
-    )
-
-    g.add_argument(
-        "--spurious-429-at",
-        type=int,
-        default=d.spurious_429_at,
-        help="answer the n-th request with one 429 (retry-after 1 s) below every limit",
+    _flag(g, "shared_rpm", "another client on the same key takes this many requests a minute")
+    _flag(g, "max_concurrent", "requests in progress per key; above it a bare 429 (0 = no limit)")
+    _flag(
+        g,
+        "spurious_429_at",
+        "answer the n-th request with one 429 (retry-after 1 s) below every limit",
     )
 
     g = p.add_argument_group("outage")
-    g.add_argument("--outage-at-s", type=float, default=d.outage_at_s, help="after start-up")
-    g.add_argument("--outage-s", type=float, default=d.outage_s, help="0 = no outage")
-    g.add_argument(
-        "--outage-kind",
-        choices=get_args(OutageKind),
-        default=d.outage_kind,
-        help="503: every request answers 503; refuse: the port refuses connections",
-    )
+    _flag(g, "outage_at_s", "after start-up")
+    _flag(g, "outage_s", "0 = no outage")
+    _flag(g, "outage_kind", "503: every request answers 503; refuse: the port refuses connections")
 
     g = p.add_argument_group("faults (probabilities per admitted request; sum <= 1)")
     for name in FAULT_NAMES:
-        g.add_argument(f"--p-{name.replace('_', '-')}", type=_probability, default=0.0)
-    g.add_argument("--hang-s", type=float, default=d.hang_s, help="how long a hang lasts")
-    g.add_argument("--fault-seed", type=int, default=d.fault_seed)
+        _flag(g, f"p_{name}", type=_probability)
+    _flag(g, "hang_s", "how long a hang lasts")
+    _flag(g, "fault_seed")
 
     g = p.add_argument_group("batches (the Batch API)")
-    g.add_argument("--batch-time-s", type=float, default=d.batch_time_s, help="processing time")
-    g.add_argument("--batch-p-line-fail", type=_probability, default=d.batch_p_line_fail)
-    g.add_argument("--batch-expire-every", type=int, default=d.batch_expire_every)
-    g.add_argument("--batch-fail-every", type=int, default=d.batch_fail_every)
-    g.add_argument(
-        "--batch-enqueued-tokens",
-        type=int,
-        default=d.batch_enqueued_tokens,
-        help="per model; a batch over it fails with token_limit_exceeded (0 = no limit)",
+    _flag(g, "batch_time_s", "processing time")
+    _flag(g, "batch_p_line_fail", type=_probability)
+    _flag(g, "batch_expire_every")
+    _flag(g, "batch_fail_every")
+    _flag(
+        g,
+        "batch_enqueued_tokens",
+        "per model; a batch over it fails with token_limit_exceeded (0 = no limit)",
     )
     return p
+
+
+def _flag(into: argparse._ActionsContainer, name: str, help: str | None = None, **kw: Any) -> None:
+    """``--field-name`` for the SimConfig field ``name``: the field's default, its
+    Literal's values as the choices, and the default's type unless one is given (a
+    probability, a default of None)."""
+    default = getattr(_DEFAULTS, name)
+    hint = _HINTS[name]
+    if get_origin(hint) is Literal:
+        kw.setdefault("choices", get_args(hint))
+    kw.setdefault("type", type(default))
+    into.add_argument(f"--{name.replace('_', '-')}", default=default, help=help, **kw)
 
 
 def parse_args(argv: list[str]) -> SimConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,14 +126,20 @@ def test_a_job_on_the_default_provider_needs_one_named_default(folder: Path) -> 
     assert "no provider named 'default'" in err.problem
 
 
+def filters(table: str, key: str, problem: str, case: str) -> Any:
+    """A case whose mistake is in MINIMAL's ``[jobs.q.filters]``, at ``key``."""
+    return pytest.param(
+        f"{MINIMAL}[jobs.q.filters]\n{table}\n", f"jobs.q.filters.{key}", problem, id=case
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     [
         pytest.param('colour = "red"\n' + MINIMAL, "colour", "unknown key", id="unknown-top-key"),
         pytest.param(MINIMAL + "temprature = 0.5\n", "jobs.q.temprature", "unknown key",
                      id="unknown-job-key"),
-        pytest.param(MINIMAL + "[jobs.q.filters]\nsplitt = 'lines'\n",
-                     "jobs.q.filters.splitt", "unknown key", id="unknown-filter-key"),
+        filters("splitt = 'lines'", "splitt", "unknown key", "unknown-filter-key"),
         pytest.param('[jobs.q]\nprompt = "p.txt"\n', "jobs.q.model", "required key is missing",
                      id="missing-model"),
         pytest.param(MINIMAL + "temperature = 3\n", "jobs.q.temperature",
@@ -154,20 +161,19 @@ def test_a_job_on_the_default_provider_needs_one_named_default(folder: Path) -> 
                      "file not found: nope.txt", id="missing-prompt-file"),
         pytest.param(MINIMAL + 'system_prompt = "sys.txt"\n', "jobs.q.system_prompt",
                      "file not found: sys.txt", id="missing-system-prompt-file"),
-        pytest.param(MINIMAL + "[jobs.q.filters]\nkeep_lines_matching = '(unclosed'\n",
-                     "jobs.q.filters.keep_lines_matching", "bad regex", id="bad-keep-regex"),
-        pytest.param(MINIMAL + "[jobs.q.filters]\ndrop_if_matching = '*oops'\n",
-                     "jobs.q.filters.drop_if_matching", "bad regex", id="bad-drop-if-regex"),
-        pytest.param(MINIMAL + "[jobs.q.filters]\ndrop_lines_matching = '[z-a]'\n",
-                     "jobs.q.filters.drop_lines_matching", "bad regex", id="bad-drop-regex"),
-        pytest.param(MINIMAL + "[jobs.q.filters]\njson_schema = 'schema.json'\n",
-                     "jobs.q.filters.json_schema", "file not found", id="missing-schema-file"),
+        filters("keep_lines_matching = '(unclosed'", "keep_lines_matching", "bad regex",
+                "bad-keep-regex"),
+        filters("drop_if_matching = '*oops'", "drop_if_matching", "bad regex",
+                "bad-drop-if-regex"),
+        filters("drop_lines_matching = '[z-a]'", "drop_lines_matching", "bad regex",
+                "bad-drop-regex"),
+        filters("json_schema = 'schema.json'", "json_schema", "file not found",
+                "missing-schema-file"),
         pytest.param(MINIMAL + 'provider = "nope"\n', "jobs.q.provider",
                      "no provider named 'nope'", id="unknown-provider"),
-        pytest.param(MINIMAL + "[jobs.q.filters]\nsplit = 'turns'\nspeakers = ['User']\n",
-                     "jobs.q.filters.speakers", "two speakers", id="turns-one-speaker"),
-        pytest.param(MINIMAL + "[jobs.q.filters]\nsplit = 'turns'\n",
-                     "jobs.q.filters.speakers", "two speakers", id="turns-no-speakers"),
+        filters("split = 'turns'\nspeakers = ['User']", "speakers", "two speakers",
+                "turns-one-speaker"),
+        filters("split = 'turns'", "speakers", "two speakers", "turns-no-speakers"),
         pytest.param('[provider]\nrpm = 1\n[providers.default]\nrpm = 2\n' + MINIMAL,
                      "provider", "both [provider] and [providers.default]",
                      id="provider-twice"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthd.config import CoordinationConfig
+from synthd.config_coordination import CoordinationConfig
 from synthd.coordination import NODES_KEY, Coordinator, LeaseLost, connect, lease_key
 from tests.redisserver import RedisServer
 

@@ -17,9 +17,10 @@ import pytest
 from synthd import cli, config, dryrun
 from synthd.checkpoint import Checkpoint
 from synthd.models import Outcome
-from tests.helpers import Workdir
+from tests.helpers import PRICED_JOB, Workdir
 
-CONFIG = """
+CONFIG = (
+    """
 [provider]
 base_url = "http://127.0.0.1:9/v1"
 rpm = 60
@@ -30,15 +31,9 @@ base_url = "http://127.0.0.1:9/v1"
 rpm = 1
 tpm = 1000
 
-[prices."m-1"]
-input_per_mtok = 2.0
-output_per_mtok = 10.0
-
-[jobs.t]
-prompt = "prompts/t.txt"
-model = "m-1"
-input = "lines"
-temperature = 0.5
+"""
+    + PRICED_JOB
+    + """temperature = 0.5
 max_tokens = 100
 samples = 2
 max_prompt_tokens = 5
@@ -53,15 +48,21 @@ temperature = 0
 max_tokens = 50
 stop = "END"
 """
+)
+PROMPTS = {"t.txt": "Ask about: {{context}}", "u.txt": "Text: {{context}}", "sys.txt": "Be brief."}
+
+
+def write_deployment(work: Workdir, toml: str, prompts: dict[str, str]) -> Path:
+    """The config file and the prompts it names (name -> template) under prompts/."""
+    for name, text in prompts.items():
+        (work.path / "prompts" / name).write_text(text)
+    cfg = work.path / "config" / "synthd.toml"
+    cfg.write_text(toml)
+    return cfg
 
 
 def build_fixture(work: Workdir) -> Path:
-    prompts = work.path / "prompts"
-    (prompts / "t.txt").write_text("Ask about: {{context}}")
-    (prompts / "u.txt").write_text("Text: {{context}}")
-    (prompts / "sys.txt").write_text("Be brief.")
-    cfg = work.path / "config" / "synthd.toml"
-    cfg.write_text(CONFIG)
+    cfg = write_deployment(work, CONFIG, PROMPTS)
 
     t = work.spool("t")
     # Claimed before a crash: "one" done (the resume point), "three" done out of order.
@@ -250,9 +251,7 @@ output_per_mtok = 10.0
 prompt = "prompts/q.txt"
 model = "m-1"
 max_tokens = 100
-[jobs.q.filters]
-split = "lines"
-max_items = 4
+filters = { split = "lines", max_items = 4 }
 
 [jobs.a]
 from = "q"
@@ -266,18 +265,17 @@ from = "a"
 prompt = "prompts/j.txt"
 model = "m-1"
 max_tokens = 20
-[jobs.j.judge]
-min_score = 5
+judge = { min_score = 5 }
 """
+CHAIN_PROMPTS = {
+    "q.txt": "Q: {{context}}",
+    "a.txt": "A: {{context}} {{item}}",
+    "j.txt": "J: {{context}} {{item}} {{completion}}",
+}
 
 
 def chain_fixture(work: Workdir) -> config.Config:
-    prompts = work.path / "prompts"
-    (prompts / "q.txt").write_text("Q: {{context}}")
-    (prompts / "a.txt").write_text("A: {{context}} {{item}}")
-    (prompts / "j.txt").write_text("J: {{context}} {{item}} {{completion}}")
-    cfg = work.path / "config" / "synthd.toml"
-    cfg.write_text(CHAIN)
+    cfg = write_deployment(work, CHAIN, CHAIN_PROMPTS)
     spool = work.spool("q")
     (spool / "one.txt").write_text("x" * 400)
     (spool / "two.txt").write_text("y" * 400)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synthd.config import FiltersConfig
+from synthd.config_jobs import FiltersConfig
 from synthd.filters import FilterChain
 from synthd.models import Accepted, Rejection
 

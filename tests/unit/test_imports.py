@@ -23,9 +23,12 @@ PACKAGE = Path(__file__).resolve().parents[2] / "synthd"
 PURE = frozenset(
     {
         "synthd.chunking",
+        "synthd.chunkpreview",
         "synthd.batchfile",
         "synthd.batchresults",
         "synthd.circuit",
+        "synthd.config_base",
+        "synthd.config_jobs",
         "synthd.cost",
         "synthd.request",
         "synthd.sim.stats",
@@ -77,6 +80,7 @@ IO = frozenset(
         "synthd.crashpoints",
         "synthd.daemon",
         "synthd.dryrun",
+        "synthd.projection",
         "synthd.export",
         "synthd.feeder",
         "synthd.looplag",
@@ -108,6 +112,7 @@ SHELL = frozenset(
     {
         "synthd",
         "synthd.config",
+        "synthd.config_coordination",
         "synthd.logs",
         "synthd.metrics",
         "synthd.monitor",

@@ -10,7 +10,7 @@ import pytest
 
 from synthd import neardup
 from synthd.checkpoint import Checkpoint
-from synthd.config import FiltersConfig
+from synthd.config_jobs import FiltersConfig
 
 # Ten texts of the kind the shipped jobs produce, distinct in content though alike in form.
 TEXTS = [

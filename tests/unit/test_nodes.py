@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthd.checkpoint import STATE_FILE, JobCounts
-from synthd.config import CoordinationConfig
+from synthd.config_coordination import CoordinationConfig
 from synthd.nodes import merge_counts, read_nodes, render, shares, state_files
 from tests.redisserver import RedisServer
 

@@ -10,7 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from synthd.budget import Budget
-from synthd.config import CoordinationConfig, ProviderConfig
+from synthd.config import ProviderConfig
+from synthd.config_coordination import CoordinationConfig
 from synthd.coordination import connect
 from synthd.sharedbudget import SharedBudget, provider_keys
 from tests.redisserver import RedisServer

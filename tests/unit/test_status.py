@@ -16,22 +16,16 @@ from synthd import cli, config, status
 from synthd.checkpoint import Checkpoint
 from synthd.daemon import Daemon
 from synthd.models import Outcome, Source
-from tests.helpers import Workdir, write_provider_config
+from tests.helpers import PRICED_JOB, Workdir, write_provider_config
 
-JOBS = """
-[prices."m-1"]
-input_per_mtok = 2.0
-output_per_mtok = 10.0
-
-[jobs.t]
-prompt = "prompts/t.txt"
-model = "m-1"
-input = "lines"
-
+JOBS = (
+    PRICED_JOB
+    + """
 [jobs.u]
 prompt = "prompts/t.txt"
 model = "m-2"
 """
+)
 
 
 def write_config(work: Workdir, base_url: str = "http://127.0.0.1:9/v1", **service: Any) -> Path:
