@@ -24,7 +24,7 @@ import structlog
 from synthd import crashpoints
 from synthd.batchfile import Member, Pack, custom_id, request_line
 from synthd.batchstore import BatchRow, BatchStore, NewBatch
-from synthd.config import JobConfig
+from synthd.config_jobs import JobConfig
 from synthd.pipeline import Attempt, JobSnapshot
 
 log = structlog.get_logger("synthd.batches")

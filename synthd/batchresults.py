@@ -15,7 +15,8 @@ from typing import Any
 
 from synthd import records
 from synthd.batchfile import LineResult, Member, body_of
-from synthd.config import BatchFallback, Job, Price
+from synthd.config import Job, Price
+from synthd.config_jobs import BatchFallback
 from synthd.cost import BATCH_DISCOUNT, price_usd
 from synthd.filters import FilterChain
 from synthd.models import Outcome, Rejection, Reply, Source, WorkItem
