@@ -43,6 +43,7 @@ from synthd.fingerprint import sampling_params
 from synthd.models import BadLine, Source, WorkItem
 from synthd.prompts import ENDPOINTS
 from synthd.ratemath import Calibration, token_estimate
+from synthd.stagestore import stage_pending, stage_totals
 
 log = structlog.get_logger("synthd.dryrun")
 CHUNKED_FILES_SHOWN = 10  # input = "chunks": how the first files are cut
@@ -372,7 +373,7 @@ def _stage_items(job: Job, cp: Checkpoint | None) -> Iterator[WorkItem]:
         return
     src = Source(0, job.name, "dry-run", f"<{job.name}>", "", job.fingerprint)
     try:
-        rows = cp.stage_pending(job.name)
+        rows = cp.read(stage_pending, job.name)
     except sqlite3.OperationalError:
         return  # a state from before pipelines
     for row in rows:
@@ -394,7 +395,7 @@ def _project(
     observed = None
     if cp is not None and jc.per == "item":
         with contextlib.suppress(sqlite3.OperationalError):
-            handed = cp.stage_totals().get(job.name, 0)
+            handed = cp.read(stage_totals).get(job.name, 0)
             records = sum(c.records for c in cp.counts() if c.job == up.job)
             observed = handed / records if handed and records else None
     fan = stages.fan_out(jc.per, observed, upcfg.filters.max_items, upcfg.filters.min_items)

@@ -1,4 +1,4 @@
-"""synthd.neardup and the index it keys (``Transaction.near_match``/``near_keep``)."""
+"""synthd.neardup and the index it keys (``synthd.nearindex``: ``near_match``/``near_keep``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from synthd import neardup
 from synthd.checkpoint import Checkpoint
 from synthd.config import FiltersConfig
+from synthd.nearindex import near_keep, near_match
 
 # Ten texts of the kind the shipped jobs produce, distinct in content though alike in form.
 TEXTS = [
@@ -68,8 +69,8 @@ def keep_all(cp: Checkpoint, texts: list[str]) -> None:
     with cp.transaction() as tx:
         for i, t in enumerate(texts):
             keys = PARAMS.keys({"completion": t})
-            assert tx.near_match("q", keys, PARAMS.threshold) is None, t
-            tx.near_keep("q", f"id{i}", keys)
+            assert near_match(tx.db, "q", keys, PARAMS.threshold) is None, t
+            near_keep(tx.db, "q", f"id{i}", keys)
 
 
 @pytest.mark.parametrize("variant", [reorder, one_word_changed, reworded])
@@ -81,7 +82,7 @@ def test_planted_near_duplicates_are_found_with_the_kept_id(
         for i, t in enumerate(TEXTS):
             planted = variant(t)  # type: ignore[operator]
             assert planted != t
-            match = tx.near_match("q", PARAMS.keys({"completion": planted}), PARAMS.threshold)
+            match = near_match(tx.db, "q", PARAMS.keys({"completion": planted}), PARAMS.threshold)
             assert match is not None, planted
             assert match[0] == f"id{i}"
             assert PARAMS.threshold <= match[1] <= 1.0
@@ -91,17 +92,17 @@ def test_distinct_texts_are_all_kept_and_jobs_do_not_share_an_index(cp: Checkpoi
     keep_all(cp, TEXTS)  # asserts that none of them matched another
     with cp.transaction() as tx:
         keys = PARAMS.keys({"completion": TEXTS[0]})
-        assert tx.near_match("q", keys, PARAMS.threshold) == ("id0", 1.0)
-        assert tx.near_match("other", keys, PARAMS.threshold) is None
+        assert near_match(tx.db, "q", keys, PARAMS.threshold) == ("id0", 1.0)
+        assert near_match(tx.db, "other", keys, PARAMS.threshold) is None
 
 
 def test_the_index_is_part_of_the_transaction(cp: Checkpoint) -> None:
     keys = PARAMS.keys({"completion": TEXTS[0]})
     with pytest.raises(RuntimeError), cp.transaction() as tx:
-        tx.near_keep("q", "id0", keys)
+        near_keep(tx.db, "q", "id0", keys)
         raise RuntimeError("the commit failed")
     with cp.transaction() as tx:
-        assert tx.near_match("q", keys, PARAMS.threshold) is None
+        assert near_match(tx.db, "q", keys, PARAMS.threshold) is None
 
 
 def test_estimate_tracks_the_true_jaccard_similarity() -> None:
