@@ -1,69 +1,14 @@
-"""The hand-off table (``synthd.stagestore``: ``hand_over``, ``stage_rows``) and
-``handoff.stage_item``: a stage item per kept upstream record (or element), made once."""
+"""``handoff.stage_item``: a hand-off row (``test_stagestore``) as the stage's work item."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from synthd import config, handoff, records
 from synthd.checkpoint import Checkpoint
 from synthd.models import Accepted, BadLine, Choice, Rejection, Reply
-from synthd.stagestore import StageLinks, hand_over, stage_rows, stage_source, stage_totals
-
-LINKS: StageLinks = {"q": [("a", "item"), ("whole", "record")], "a": [("j", "record")]}
-
-
-def rec(rid: str, items: list[str], fp: str = "f1") -> dict[str, Any]:
-    return {"id": rid, "context": f"passage {rid}", "completion": "\n".join(items),
-            "items": items, "fingerprint": fp}  # fmt: skip
-
-
-def test_each_record_hands_each_stage_its_items_in_order(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "s.db")
-    with cp.transaction() as tx:
-        added = hand_over(tx.db, [("q", rec("p1", ["x?", "y?"])), ("q", rec("p2", ["z?"]))], LINKS)
-    assert added == 3 + 2
-    rows = cp.read(stage_rows, "a", 0, 10)
-    assert [(r.seq, r.parent, r.idx) for r in rows] == [(0, "p1", 0), (1, "p1", 1), (2, "p2", 0)]
-    assert [(r.seq, r.parent) for r in cp.read(stage_rows, "whole", 0, 10)] == [
-        (0, "p1"),
-        (1, "p2"),
-    ]
-    assert [r.seq for r in cp.read(stage_rows, "a", 1, 1)] == [1]
-    assert cp.read(stage_totals) == {"a": 3, "whole": 2}
-
-
-def test_handing_over_the_same_record_again_adds_nothing(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "s.db")
-    for _ in range(2):
-        with cp.transaction() as tx:
-            hand_over(tx.db, [("q", rec("p1", ["x?", "y?"]))], LINKS)
-    with cp.transaction() as tx:
-        assert (
-            hand_over(tx.db, [("q", rec("p1", ["x?", "y?"])), ("q", rec("p3", ["w?"]))], LINKS) == 2
-        )
-    assert [r.seq for r in cp.read(stage_rows, "a", 0, 10)] == [0, 1, 2], "seqs stay contiguous"
-
-
-def test_a_rolled_back_commit_hands_over_nothing(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "s.db")
-    try:
-        with cp.transaction() as tx:
-            hand_over(tx.db, [("q", rec("p1", ["x?"]))], LINKS)
-            raise OSError("the shard append failed")
-    except OSError:
-        pass
-    assert cp.read(stage_rows, "a", 0, 10) == []
-
-
-def test_jobs_without_stages_and_records_without_items_hand_over_nothing(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "s.db")
-    with cp.transaction() as tx:
-        assert hand_over(tx.db, [("other", rec("p1", ["x?"]))], LINKS) == 0
-        assert (
-            hand_over(tx.db, [("q", {**rec("p2", []), "items": []})], {"q": [("a", "item")]}) == 0
-        )
+from synthd.stagestore import hand_over, stage_rows, stage_source
+from tests.unit.test_stagestore import LINKS, rec
 
 
 def test_a_stage_item_is_named_and_filled_from_its_parent(tmp_path: Path) -> None:
