@@ -18,9 +18,10 @@ Tables:
   seen     de-duplication digests per job
   meta     this state's claim-id prefix and the count of claims made
 
-Made here too, on the same connection, are the tables of pipeline hand-off
-(``synthd.stagestore``) and of the near-duplicate index (``synthd.nearindex``): their
-schema and queries live there, and run through ``read``, ``write`` and ``Transaction.db``.
+Made here too, when the file is opened, on the same connection: the tables of pipeline
+hand-off (``synthd.stagestore``) and of the near-duplicate index (``synthd.nearindex``),
+whose schema and queries live in those modules. Batch mode's (``synthd.batchstore``)
+are made on its first use.
 
 Every method blocks; the daemon calls them from a thread. A lock serializes
 callers so one connection can be shared by the writer thread and others.
@@ -112,8 +113,10 @@ class Checkpoint:
     Every method blocks, so the daemon calls them from threads: the writer's commit
     thread (``transaction``, ``sync``), the feeder's claims and resumes (via
     ``asyncio.to_thread``) and recovery at start-up. ``readonly=True`` opens it for
-    ``synthd status`` and dry-run beside a running daemon, creating nothing. Nothing
-    outside this module writes SQL against the file.
+    ``synthd status`` and dry-run beside a running daemon, creating nothing. The modules
+    that keep their own tables here (``stagestore``, ``nearindex``, ``batchstore``) reach
+    the connection only through ``read``, ``write`` and ``Transaction.db``, so the lock
+    and the transactions stay this class's.
     """
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
@@ -178,7 +181,7 @@ class Checkpoint:
         **kwargs: _P.kwargs,
     ) -> _T:
         """``query(connection, ...)`` under the lock, outside any transaction: for the
-        modules that keep their tables here (``synthd.stagestore``)."""
+        modules that keep their tables here."""
         with self._lock:
             return query(self._db, *args, **kwargs)
 
