@@ -11,6 +11,7 @@ from synthd import config, nearindex
 from synthd.checkpoint import Checkpoint
 from synthd.models import Outcome, Source
 from synthd.nearindex import near_keep, near_match, near_reject
+from tests.helpers import Workdir, simple_job
 from tests.unit.test_neardup import PARAMS, TEXTS, one_word_changed, reorder, reworded
 
 
@@ -77,13 +78,10 @@ def test_a_near_duplicate_becomes_a_reject_line_naming_the_kept_record(cp: Check
 
 
 def test_a_batch_is_keyed_only_for_the_jobs_that_ask(tmp_path: Path) -> None:
-    (tmp_path / "p.txt").write_text("{{context}}")
-    (tmp_path / "synthd.toml").write_text(
-        f'[jobs.q]\nprompt = "{tmp_path}/p.txt"\nmodel = "m"\n'
-        "[jobs.q.filters]\nnear_dedupe = 0.85\n"
-        f'[jobs.other]\nprompt = "{tmp_path}/p.txt"\nmodel = "m"\n'
+    jobs = simple_job("q", f_near_dedupe=PARAMS.threshold) + simple_job("other")
+    near = nearindex.params_by_job(
+        config.load(Workdir(tmp_path).write_config("http://127.0.0.1:9/v1", jobs))
     )
-    near = nearindex.params_by_job(config.load(tmp_path / "synthd.toml"))
     assert near == {"q": PARAMS}
 
     def outcome(job: str, texts: list[str]) -> Outcome:

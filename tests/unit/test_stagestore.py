@@ -17,6 +17,7 @@ from synthd.stagestore import (
     stage_rows,
     stage_totals,
 )
+from tests.helpers import Workdir, simple_job
 
 LINKS: StageLinks = {"q": [("a", "item"), ("whole", "record")], "a": [("j", "record")]}
 
@@ -87,11 +88,10 @@ def test_a_commit_hands_over_only_the_records_of_jobs_with_stages(tmp_path: Path
 
 
 def test_links_follow_each_stage_to_its_upstream(tmp_path: Path) -> None:
-    (tmp_path / "p.txt").write_text("{{context}}")
-    (tmp_path / "synthd.toml").write_text(
-        f'[jobs.q]\nprompt = "{tmp_path}/p.txt"\nmodel = "m"\n[jobs.q.filters]\nsplit = "lines"\n'
-        f'[jobs.a]\nfrom = "q"\nper = "item"\nprompt = "{tmp_path}/p.txt"\nmodel = "m"\n'
-        f'[jobs.whole]\nfrom = "q"\nprompt = "{tmp_path}/p.txt"\nmodel = "m"\n'
+    jobs = (
+        simple_job("q", f_split='"lines"')
+        + simple_job("a", **{"from": '"q"', "per": '"item"'})
+        + simple_job("whole", **{"from": '"q"'})
     )
-    links = stage_links(config.load(tmp_path / "synthd.toml"))
+    links = stage_links(config.load(Workdir(tmp_path).write_config("http://127.0.0.1:9/v1", jobs)))
     assert links == {"q": [("a", "item"), ("whole", "record")]}
