@@ -1,7 +1,7 @@
 """Near-duplicate filter: quality on real contexts, then cost at scale.
 
 Runs the writer's near-dedupe path as the daemon does (keys hashed, then
-``Transaction.near_match`` and ``near_keep`` in one checkpoint transaction per commit of
+``nearindex.near_match`` and ``near_keep`` in one checkpoint transaction per commit of
 ``--batch`` records) without the daemon around it, so that the figures are its own.
 
 1. Quality: every distinct context of ``--contexts`` goes through the index; a flag whose
@@ -31,6 +31,7 @@ from common import emit
 
 from synthd import neardup
 from synthd.checkpoint import Checkpoint
+from synthd.nearindex import near_keep, near_match
 
 
 def rss_mb() -> float:
@@ -63,16 +64,16 @@ def quality(texts: list[str], p: neardup.Params, planted: int) -> dict[str, obje
         with cp.transaction() as tx:
             for i, t in enumerate(texts):
                 keys = p.keys({"completion": t})
-                m = tx.near_match("q", keys, p.threshold)
+                m = near_match(tx.db, "q", keys, p.threshold)
                 if m is None:
-                    tx.near_keep("q", str(i), keys)
+                    near_keep(tx.db, "q", str(i), keys)
                     kept[str(i)] = t
                     continue
                 flagged += 1
                 false_pos += jaccard(t, kept[m[0]], p.shingle_words) < p.threshold
             sample = rng.sample(sorted(kept), min(planted, len(kept)))
             caught = sum(
-                tx.near_match("q", p.keys({"completion": plant(kept[k], rng)}), p.threshold)
+                near_match(tx.db, "q", p.keys({"completion": plant(kept[k], rng)}), p.threshold)
                 is not None
                 for k in sample
             )
@@ -117,8 +118,8 @@ def scale(
             keys = [p.keys({"completion": t}) for t in made]  # the writer, before its lock
             with cp.transaction() as tx:
                 for j, k in enumerate(keys):
-                    if tx.near_match("q", k, p.threshold) is None:
-                        tx.near_keep("q", f"r{start + j}", k)
+                    if near_match(tx.db, "q", k, p.threshold) is None:
+                        near_keep(tx.db, "q", f"r{start + j}", k)
                     else:
                         rejected += 1
             done = start + len(made)

@@ -141,13 +141,12 @@ class BatchStore:
                         tx.db.execute(stmt)
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        with self.cp._lock:
-            try:
-                return self.cp._db.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as e:
-                if "no such table" in str(e):  # a state from before batch mode
-                    return []
-                raise
+        try:
+            return self.cp.read(lambda db: db.execute(sql, args).fetchall())
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # a state from before batch mode
+                return []
+            raise
 
     # -- writes --
 

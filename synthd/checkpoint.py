@@ -16,12 +16,12 @@ Tables:
   streams  the same keyed by path, as earlier versions kept it: read only to
            recover a ``.part`` left by them
   seen     de-duplication digests per job
-  near_kept, near_bands  the near-duplicate index: each kept text's record id and
-           MinHash signature, and its LSH band keys (``synthd.neardup``)
   meta     this state's claim-id prefix and the count of claims made
-  parents  upstream records a pipeline stage makes items from (``synthd.stages``)
-  handoff  one row per stage item, written in the commit of its parent record; the
-           stage's one ``sources`` row (status 'stage') and ``items`` say which are done
+
+Made here too, when the file is opened, on the same connection: the tables of pipeline
+hand-off (``synthd.stagestore``) and of the near-duplicate index (``synthd.nearindex``),
+whose schema and queries live in those modules. Batch mode's (``synthd.batchstore``)
+are made on its first use.
 
 Every method blocks; the daemon calls them from a thread. A lock serializes
 callers so one connection can be shared by the writer thread and others.
@@ -29,28 +29,25 @@ callers so one connection can be shared by the writer thread and others.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import orjson
-
-from synthd import stages
+from synthd import nearindex, stagestore
 from synthd.models import Outcome, Source
-from synthd.neardup import Key, similarity
 
 STATE_FILE = "synthd.db"  # in [paths] state: the daemon's, status's and dry-run's one database
 
 ShardKey = tuple[str, str, int]  # (job, stream, number): a shard, wherever it lives now
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -93,24 +90,6 @@ CREATE TABLE IF NOT EXISTS seen (
   job TEXT NOT NULL, digest INTEGER NOT NULL, PRIMARY KEY (job, digest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS parents (
-  id TEXT PRIMARY KEY,              -- an upstream record's id
-  job TEXT NOT NULL,                -- the job that wrote it
-  fingerprint TEXT NOT NULL,        -- that job's fingerprint when it wrote it
-  fields BLOB NOT NULL              -- JSON: what its stages fill placeholders with
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS handoff (
-  job TEXT NOT NULL,                -- the stage (a job with from = ...)
-  seq INTEGER NOT NULL,             -- 0, 1, 2 ... per stage: the item's seq in its stage source
-  parent TEXT NOT NULL,
-  idx INTEGER NOT NULL,             -- the element of the parent's items (per = "item"), or 0
-  PRIMARY KEY (job, seq)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS handoff_child ON handoff (job, parent, idx);
-CREATE TABLE IF NOT EXISTS near_kept (
-  id INTEGER PRIMARY KEY, job TEXT NOT NULL, record TEXT NOT NULL, sig BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS near_bands (band INTEGER PRIMARY KEY, kept INTEGER NOT NULL);
 """
 
 
@@ -134,8 +113,10 @@ class Checkpoint:
     Every method blocks, so the daemon calls them from threads: the writer's commit
     thread (``transaction``, ``sync``), the feeder's claims and resumes (via
     ``asyncio.to_thread``) and recovery at start-up. ``readonly=True`` opens it for
-    ``synthd status`` and dry-run beside a running daemon, creating nothing. Nothing
-    outside this module writes SQL against the file.
+    ``synthd status`` and dry-run beside a running daemon, creating nothing. The modules
+    that keep their own tables here (``stagestore``, ``nearindex``, ``batchstore``) reach
+    the connection only through ``read``, ``write`` and ``Transaction.db``, so the lock
+    and the transactions stay this class's.
     """
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
@@ -148,7 +129,7 @@ class Checkpoint:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + stagestore.SCHEMA + nearindex.SCHEMA)
         self._db.execute("PRAGMA busy_timeout=5000")
         self._lock = threading.Lock()
 
@@ -192,6 +173,27 @@ class Checkpoint:
                     with suppress(sqlite3.Error):  # the first error is the one to report
                         self._db.execute("ROLLBACK")
                 raise
+
+    def read(
+        self,
+        query: Callable[Concatenate[sqlite3.Connection, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """``query(connection, ...)`` under the lock, outside any transaction: for the
+        modules that keep their tables here."""
+        with self._lock:
+            return query(self._db, *args, **kwargs)
+
+    def write(
+        self,
+        update: Callable[Concatenate[sqlite3.Connection, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """``update(connection, ...)`` in a transaction of its own (see ``transaction``)."""
+        with self.transaction() as tx:
+            return update(tx.db, *args, **kwargs)
 
     # -- sources ---------------------------------------------------------
 
@@ -372,83 +374,6 @@ class Checkpoint:
             )
         return out
 
-    # -- pipeline stages ---------------------------------------------------
-
-    def stage_source(self, job: str, fingerprint: str) -> Source:
-        """The one source row a stage's items belong to, made on first use.
-
-        Its resume point and ``items`` rows track the stage's items as a spool
-        file's do; its status ``stage`` keeps it out of the spool's active sources.
-        """
-        with self.transaction() as tx:
-            row = tx.db.execute(
-                "SELECT id, job, claim, name, path, fingerprint, resume_seq, resume_line,"
-                " resume_offset FROM sources WHERE job = ? AND status = 'stage'",
-                (job,),
-            ).fetchone()
-            if row is not None:
-                return Source(*row)
-            claim = f"stage:{job}"
-            cur = tx.db.execute(
-                "INSERT INTO sources (job, claim, name, path, fingerprint, status, claimed_at)"
-                " VALUES (?, ?, ?, '', ?, 'stage', ?)",
-                (job, claim, f"<{job}>", fingerprint, time.time()),
-            )
-            assert cur.lastrowid is not None
-            return Source(cur.lastrowid, job, claim, f"<{job}>", "", fingerprint)
-
-    def stage_rows(self, job: str, from_seq: int, limit: int) -> list[StageRow]:
-        """A stage's items from ``from_seq`` on, in order, with their parents' fields."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT h.seq, h.parent, h.idx, p.job, p.fingerprint, p.fields FROM handoff h"
-                " JOIN parents p ON p.id = h.parent WHERE h.job = ? AND h.seq >= ?"
-                " ORDER BY h.seq LIMIT ?",
-                (job, from_seq, limit),
-            ).fetchall()
-        return [StageRow(*r) for r in rows]
-
-    def stage_pending(self, job: str) -> list[StageRow]:
-        """A stage's items not done yet, in order (for dry-run; reads the whole backlog)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT h.seq, h.parent, h.idx, p.job, p.fingerprint, p.fields FROM handoff h"
-                " JOIN parents p ON p.id = h.parent"
-                " LEFT JOIN sources s ON s.job = h.job AND s.status = 'stage'"
-                " WHERE h.job = ? AND NOT EXISTS"
-                " (SELECT 1 FROM items i WHERE i.source_id = s.id AND i.seq = h.seq)"
-                " ORDER BY h.seq",
-                (job,),
-            ).fetchall()
-        return [StageRow(*r) for r in rows]
-
-    def stage_totals(self) -> dict[str, int]:
-        """Items handed to each stage so far (its backlog is this less its done items)."""
-        with self._lock:
-            return dict(self._db.execute("SELECT job, count(*) FROM handoff GROUP BY job"))
-
-
-@dataclass(frozen=True, slots=True)
-class StageRow:
-    """One stage item as the hand-off table holds it."""
-
-    seq: int
-    parent: str
-    idx: int
-    upstream: str  # the parent's job
-    parent_fingerprint: str
-    fields: bytes  # JSON of stages.parent_fields(parent record)
-
-
-StageLinks = dict[str, list[tuple[str, "stages.Per"]]]  # upstream job -> [(stage, per)]
-
-
-@functools.cache
-def _job_salt(job: str) -> int:
-    """Mixed into a job's band keys (all below 2**61), so that jobs share one table
-    (an integer primary key: the fastest SQLite has) but never each other's texts."""
-    return int.from_bytes(hashlib.blake2b(job.encode(), digest_size=8).digest()) >> 3
-
 
 def _claim_counter(db: sqlite3.Connection) -> tuple[str, int]:
     """This state's claim prefix and claim count, made on first use (inside a transaction)."""
@@ -483,42 +408,6 @@ class Transaction:
             fresh.append(cur.rowcount == 1)
         return fresh
 
-    def near_match(self, job: str, keys: list[Key], threshold: float) -> tuple[str, float] | None:
-        """The kept text most like any of ``keys`` at ``threshold`` or above, as
-        (its record id, the estimated similarity); None if there is none.
-
-        A band key is a candidate only; the stored signatures decide. A band key holds
-        the first kept text that had it: a later kept text with the same band is still
-        found through its other bands (two kept texts share a band only when they are
-        alike, though less than the threshold).
-        """
-        best: tuple[str, float] | None = None
-        salt = _job_salt(job)
-        for k in keys:
-            marks = ",".join("?" * len(k.bands))
-            rows = self.db.execute(
-                "SELECT record, sig FROM near_kept WHERE id IN"
-                f" (SELECT kept FROM near_bands WHERE band IN ({marks}))",
-                [b ^ salt for b in k.bands],
-            ).fetchall()
-            for record, sig in rows:
-                sim = similarity(k.sig, sig)
-                if sim >= threshold and (best is None or sim > best[1]):
-                    best = (record, sim)
-        return best
-
-    def near_keep(self, job: str, record_id: str, keys: list[Key]) -> None:
-        """Add a kept record's texts to the job's near-duplicate index."""
-        salt = _job_salt(job)
-        for k in keys:
-            cur = self.db.execute(
-                "INSERT INTO near_kept (job, record, sig) VALUES (?, ?, ?)", (job, record_id, k.sig)
-            )
-            self.db.executemany(
-                "INSERT OR IGNORE INTO near_bands (band, kept) VALUES (?, ?)",
-                [(b ^ salt, cur.lastrowid) for b in k.bands],
-            )
-
     def record(self, outcomes: list[Outcome]) -> None:
         self.db.executemany(
             "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -549,43 +438,3 @@ class Transaction:
             " ON CONFLICT (job, stream, number) DO UPDATE SET committed = excluded.committed",
             [(*key, committed) for key, committed in offsets.items()],
         )
-
-    def hand_over(self, records: list[tuple[str, dict[str, Any]]], links: StageLinks) -> int:
-        """In the commit of upstream ``records`` (job, record line): their stage items.
-
-        So a stage item exists iff its parent record is committed. Idempotent per
-        (stage, parent, index); seqs are contiguous per stage. Returns the rows added.
-        """
-        added = 0
-        next_seq: dict[str, int] = {}
-        for job, rec in records:
-            kids = [
-                (st, per, n) for st, per in links.get(job, ()) if (n := stages.children(rec, per))
-            ]
-            if not kids:
-                continue
-            parent = str(rec["id"])
-            self.db.execute(
-                "INSERT OR IGNORE INTO parents (id, job, fingerprint, fields) VALUES (?, ?, ?, ?)",
-                (
-                    parent,
-                    job,
-                    str(rec.get("fingerprint", "")),
-                    orjson.dumps(stages.parent_fields(rec)),
-                ),
-            )
-            for stage, _, n in kids:
-                if stage not in next_seq:
-                    row = self.db.execute(
-                        "SELECT coalesce(max(seq) + 1, 0) FROM handoff WHERE job = ?", (stage,)
-                    ).fetchone()
-                    next_seq[stage] = int(row[0])
-                for idx in range(n):
-                    cur = self.db.execute(
-                        "INSERT OR IGNORE INTO handoff (job, seq, parent, idx) VALUES (?, ?, ?, ?)",
-                        (stage, next_seq[stage], parent, idx),
-                    )
-                    if cur.rowcount == 1:
-                        next_seq[stage] += 1
-                        added += 1
-        return added

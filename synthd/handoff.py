@@ -1,7 +1,7 @@
 """Feeding a pipeline stage from its upstream job's committed records.
 
 The writer's commit of an upstream record inserts its stage items into the hand-off
-table in the same transaction (``Transaction.hand_over``): a stage item exists iff its
+table in the same transaction (``stagestore.hand_over``): a stage item exists iff its
 parent record is committed. ``feed_stage`` is a stage's feeder: it takes those rows in
 order, a batch at a time, from where the stage's resume point stands, skips the ones
 done out of order before a restart, and admits each as a ``WorkItem`` exactly as a
@@ -25,9 +25,9 @@ import orjson
 import structlog
 
 from synthd import stages
-from synthd.checkpoint import StageRow
 from synthd.feeder import Feeder
 from synthd.models import Source, WorkItem
+from synthd.stagestore import StageRow, stage_rows, stage_source
 
 log = structlog.get_logger("synthd.handoff")
 
@@ -61,7 +61,7 @@ async def _feed(feeder: Feeder, name: str) -> None:
     upstream = cfg.from_
     assert upstream is not None
     cp = feeder.checkpoint
-    src = await asyncio.to_thread(cp.stage_source, name, rt.job.fingerprint)
+    src = await asyncio.to_thread(cp.write, stage_source, name, rt.job.fingerprint)
     if src.fingerprint != rt.job.fingerprint:
         log.warning(
             "job_changed",
@@ -79,7 +79,7 @@ async def _feed(feeder: Feeder, name: str) -> None:
     wait_s = feeder.config.service.scan_interval_s
     while not feeder.stopping:
         event.clear()  # a commit after this read sets it again: no wake-up is lost
-        rows = await asyncio.to_thread(cp.stage_rows, name, cursor, ROWS_BATCH)
+        rows = await asyncio.to_thread(cp.read, stage_rows, name, cursor, ROWS_BATCH)
         for row in rows:
             cursor = row.seq + 1
             if row.seq in done_before:
@@ -93,7 +93,7 @@ async def _feed(feeder: Feeder, name: str) -> None:
             continue
         if feeder.once and feeder.upstream_finished(upstream):
             # Every upstream record is committed now, with its rows: one last look.
-            if not await asyncio.to_thread(cp.stage_rows, name, cursor, 1):
+            if not await asyncio.to_thread(cp.read, stage_rows, name, cursor, 1):
                 return
             continue
         with contextlib.suppress(TimeoutError):

@@ -7,7 +7,7 @@ real contexts longer shingles found fewer planted copies for no fewer false matc
 ``bench/near_dedupe.py``) are hashed by rensa's ``RMinHash`` into ``NUM_PERM`` values;
 the fraction of equal values between two texts estimates their Jaccard similarity.
 
-The index itself lives in the checkpoint (``Transaction.near_match``): one row per kept
+The index itself lives in the checkpoint (``synthd.nearindex``): one row per kept
 text (its record id and its signature) and one row per LSH band key, written in the same
 transaction as the records, so it survives any crash exactly as they do and costs no
 memory in the daemon. Band keys only find candidates; a candidate is a near-duplicate

@@ -21,6 +21,7 @@ from synthd.checkpoint import Checkpoint
 from synthd.config import Config, Job
 from synthd.models import Source, WorkItem
 from synthd.ratemath import Calibration, token_estimate
+from synthd.stagestore import stage_pending, stage_totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,7 @@ def stage_items(job: Job, cp: Checkpoint | None) -> Iterator[WorkItem]:
         return
     src = _pseudo_source(job)
     try:
-        rows = cp.stage_pending(job.name)
+        rows = cp.read(stage_pending, job.name)
     except sqlite3.OperationalError:
         return  # a state from before pipelines
     for row in rows:
@@ -93,7 +94,7 @@ def project(
     observed = None
     if cp is not None and jc.per == "item":
         with contextlib.suppress(sqlite3.OperationalError):
-            handed = cp.stage_totals().get(job.name, 0)
+            handed = cp.read(stage_totals).get(job.name, 0)
             records = sum(c.records for c in cp.counts() if c.job == jc.from_)
             observed = handed / records if handed and records else None
     fan = stages.fan_out(jc.per, observed, upcfg.filters.max_items, upcfg.filters.min_items)

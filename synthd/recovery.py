@@ -17,11 +17,13 @@ import orjson
 import structlog
 
 from synthd import crashpoints
-from synthd.checkpoint import Checkpoint, StageLinks
+from synthd.checkpoint import Checkpoint
 from synthd.models import Outcome, Source
 from synthd.neardup import Params
+from synthd.nearindex import near_keep
 from synthd.records import digest
 from synthd.shards import ShardStream, Tail
+from synthd.stagestore import StageLinks, hand_over
 
 log = structlog.get_logger("synthd.recovery")
 
@@ -114,12 +116,12 @@ def _adopt(
         if job in links:
             ours = sorted(keep)
             kept = [(job, r) for k in ours for kind, r, _ in lines_of[k] if kind == "records"]
-            tx.hand_over(kept, links)
+            hand_over(tx.db, kept, links)
         if near is not None:
             for k in keep:
                 for kind, obj, _ in lines_of[k]:
                     if kind == "records":
-                        tx.near_keep(job, obj["id"], near.keys(obj))
+                        near_keep(tx.db, job, obj["id"], near.keys(obj))
     if any(tail.lines for _, tail, _ in keyed):
         crashpoints.hit("recovery_adopted")
     for o in outcomes:

@@ -33,6 +33,7 @@ from synthd.checkpoint import STATE_FILE, Checkpoint, JobCounts
 from synthd.config import Config, Price, parse_listen
 from synthd.cost import price_usd
 from synthd.errors import SynthdError
+from synthd.stagestore import stage_totals
 
 ITEM_STATES = ("record", "rejected", "dead", "bad_input")
 METRICS_TIMEOUT_S = 1.0
@@ -228,7 +229,7 @@ def read_stage_totals(state: Path) -> dict[str, int]:
     try:
         cp = Checkpoint(state, readonly=True)
         try:
-            return cp.stage_totals()
+            return cp.read(stage_totals)
         finally:
             cp.close()
     except sqlite3.OperationalError:

@@ -5,14 +5,15 @@ through ``Writer.submit``. The writer batches them for ``commit_interval_s``
 and commits each batch in a worker thread, in this order:
 
 1. de-duplicate records against the job's history (inside the transaction): exact
-   copies by digest, near-duplicates by MinHash (``synthd.neardup``) where the job
+   copies by digest, near-duplicates by MinHash (``synthd.nearindex``) where the job
    asks for it, their keys computed in the thread before the transaction opens;
 2. append the batch's lines to the ``.part`` shards and fsync each file once
    (group fsync: one fsync per stream per batch, not per record);
 3. commit the checkpoint: the items, the new resume points and the shard
    offsets the checkpoint now vouches for;
    and the end of every source whose items are now all done;
-   and the items of pipeline stages made from the batch's records (``hand_over``);
+   and the items of pipeline stages made from the batch's records
+   (``synthd.stagestore``);
 4. roll full shards to their final names; move finished sources' files to
    ``done/`` (``spool.move_finished``).
 
@@ -37,14 +38,15 @@ from typing import Any, TypeVar
 
 import structlog
 
-from synthd import crashpoints, jsonbytes, neardup, recovery, spool
-from synthd.checkpoint import Checkpoint, StageLinks, Transaction
+from synthd import crashpoints, jsonbytes, nearindex, recovery, spool
+from synthd.checkpoint import Checkpoint, Transaction
 from synthd.config import Config
 from synthd.errors import OutputBlocked
 from synthd.histogram import Histogram
 from synthd.models import Outcome, Source
-from synthd.neardup import Key
+from synthd.nearindex import BatchKeys
 from synthd.shards import ShardStream
+from synthd.stagestore import Handover, stage_links
 
 log = structlog.get_logger("synthd.writer")
 _T = TypeVar("_T")
@@ -148,11 +150,7 @@ class Writer:
                     out / "dead-letter", config.shard_prefix("dead"), 1_000_000, o.shard_max_bytes
                 ),
             }
-        self.near = {
-            name: p
-            for name, job in config.jobs.items()
-            if (p := neardup.params_of(job.config.filters)) is not None
-        }
+        self.near = nearindex.params_by_job(config)
         self._key = {s: (job, kind) for job, ss in self.streams.items() for kind, s in ss.items()}
         self.stage_links = stage_links(config)
         self.progress: dict[int, Progress] = {}
@@ -273,11 +271,11 @@ class Writer:
         touched: dict[ShardStream, tuple[int, int]] = {}
         sids = {o.source.id for o in outcomes} | {e.source_id for e in ends}
         before = [(p, p.copy()) for sid in sids if (p := self.progress.get(sid)) is not None]
-        keys = self._near_keys(outcomes)  # hashing outside the lock that claims wait on
+        keys = nearindex.batch_keys(self.near, outcomes)  # hashed outside the lock claims wait on
         try:
             with self.cp.transaction() as tx:
-                kept: list[tuple[str, dict[str, Any]]] = []
-                data = self._encode(tx, outcomes, kept, keys)
+                handover = Handover(self.stage_links)
+                data = self._encode(tx, outcomes, keys, handover)
                 for (job, kind), (chunk, count) in data.items():
                     stream = self.streams[job][kind]
                     touched.setdefault(stream, stream.mark())
@@ -287,9 +285,7 @@ class Writer:
                     stream.sync()
                 crashpoints.hit("shard_fsynced")
                 tx.record(outcomes)
-                if kept:
-                    tx.hand_over(kept, self.stage_links)
-                    crashpoints.hit("stage_handed_over")
+                handover.commit(tx.db)
                 moved = self._advance(outcomes, ends)
                 finished = self._end_sources(tx, outcomes, ends)
                 ended = {src.id for src, _ in finished}  # no resume point needed
@@ -338,23 +334,15 @@ class Writer:
             crashpoints.hit("shard_renamed")
             self._unrotated.discard(stream)
 
-    def _near_keys(self, outcomes: list[Outcome]) -> dict[tuple[int, int], list[Key]]:
-        """(outcome, record) -> the near-duplicate keys of that record's texts."""
-        keys: dict[tuple[int, int], list[Key]] = {}
-        for i, o in enumerate(outcomes):
-            if (params := self.near.get(o.source.job)) is not None:
-                for j, rec in enumerate(o.lines.get("records", ())):
-                    keys[i, j] = params.keys(rec)
-        return keys
-
     def _encode(
         self,
         tx: Transaction,
         outcomes: list[Outcome],
-        kept: list[tuple[str, dict[str, Any]]] | None = None,
-        keys: dict[tuple[int, int], list[Key]] | None = None,
+        keys: BatchKeys | None = None,
+        handover: Handover | None = None,
     ) -> dict[tuple[str, str], tuple[bytearray, int]]:
-        """The batch's lines per stream; records that feed a stage are added to ``kept``."""
+        """The batch's lines per stream, duplicates turned into rejects; the records
+        written are offered to ``handover``."""
         # One growing buffer per stream: see jsonbytes for why not a list to join.
         chunks: defaultdict[tuple[str, str], bytearray] = defaultdict(bytearray)
         counts: Counter[tuple[str, str]] = Counter()
@@ -367,46 +355,42 @@ class Writer:
         for i, o in enumerate(outcomes):
             job = o.source.job
             records = o.lines.get("records", [])
-            fresh = tx.dedupe(job, o.digests) if o.digests else [True] * len(records)
-            o.duplicates = len(records) - sum(fresh)
-            o.near_duplicates = 0
-            sink = kept if kept is not None and job in self.stage_links else None
-            for j, (rec, new) in enumerate(zip(records, fresh, strict=True)):
-                if not new:
-                    dup = {**rec, "reason": "duplicate", "detail": "same completion seen before"}
-                    add((job, "rejects"), dup)
-                elif (near := self._near(tx, job, rec, keys.get((i, j)))) is not None:
-                    o.near_duplicates += 1
-                    add((job, "rejects"), near)
-                else:
-                    add((job, "records"), rec)
-                    if sink is not None:
-                        sink.append((job, rec))
+            for rec, reject in zip(records, self._duplicates(tx, i, o, keys), strict=True):
+                if reject is not None:
+                    add((job, "rejects"), reject)
+                    continue
+                add((job, "records"), rec)
+                if handover is not None:
+                    handover.offer(job, rec)
             o.records_written = len(records) - o.duplicates - o.near_duplicates
             for kind in ("rejects", "dead"):
                 for obj in o.lines.get(kind, ()):
                     add((job, kind), obj)
         return {k: (buf, counts[k]) for k, buf in chunks.items()}
 
-    def _near(
-        self, tx: Transaction, job: str, rec: dict[str, Any], keys: list[Key] | None
-    ) -> dict[str, Any] | None:
-        """The reject line if ``rec`` is a near-duplicate; else None, and it joins the index."""
-        if not keys:
-            return None
-        params = self.near[job]
-        match = tx.near_match(job, keys, params.threshold)
-        if match is None:
-            tx.near_keep(job, rec["id"], keys)
-            return None
-        kept, sim = match
-        return {
-            **rec,
-            "reason": "near_duplicate",
-            "detail": f"{params.field} {sim:.2f} similar to {kept}",
-            "kept": kept,
-            "similarity": round(sim, 4),
-        }
+    def _duplicates(
+        self, tx: Transaction, i: int, o: Outcome, keys: BatchKeys
+    ) -> list[dict[str, Any] | None]:
+        """Per record of outcome ``i``: its reject line if it is a duplicate (exact, or
+        near where the job asks), else None and it joins the job's history. Counts both
+        on the outcome."""
+        job = o.source.job
+        records = o.lines.get("records", [])
+        fresh = tx.dedupe(job, o.digests) if o.digests else [True] * len(records)
+        o.duplicates = len(records) - sum(fresh)
+        o.near_duplicates = 0
+        rejects: list[dict[str, Any] | None] = []
+        for j, (rec, new) in enumerate(zip(records, fresh, strict=True)):
+            if not new:
+                rejects.append(
+                    {**rec, "reason": "duplicate", "detail": "same completion seen before"}
+                )
+                continue
+            near = nearindex.near_reject(tx.db, self.near, job, rec, keys.get((i, j)))
+            if near is not None:
+                o.near_duplicates += 1
+            rejects.append(near)
+        return rejects
 
     def _advance(
         self, outcomes: list[Outcome], ends: list[SourceEnd]
@@ -455,12 +439,3 @@ class Writer:
                     s.close_shard()
                 except OSError as e:  # stays .part: complete up to its last newline
                     log.warning("shard_not_closed", shard=s.part_path, error=str(e))
-
-
-def stage_links(config: Config) -> StageLinks:
-    """Each job's pipeline stages and how they take its records (``from``, ``per``)."""
-    links: StageLinks = {}
-    for name, job in config.jobs.items():
-        if job.config.from_ is not None:
-            links.setdefault(job.config.from_, []).append((name, job.config.per))
-    return links

@@ -163,6 +163,22 @@ def test_a_transaction_rolls_back_on_error(cp: Checkpoint) -> None:
         assert tx.dedupe("q", [42]) == [True]  # the digest was never remembered
 
 
+def test_a_module_writes_its_tables_in_a_transaction_of_its_own(cp: Checkpoint) -> None:
+    def insert(db: sqlite3.Connection, value: int, fail: bool = False) -> int:
+        db.execute("INSERT INTO seen (job, digest) VALUES ('q', ?)", (value,))
+        if fail:
+            raise ValueError("after the insert")
+        return value
+
+    def count(db: sqlite3.Connection, job: str) -> int:
+        return int(db.execute("SELECT count(*) FROM seen WHERE job = ?", (job,)).fetchone()[0])
+
+    assert cp.write(insert, 1) == 1
+    with pytest.raises(ValueError):
+        cp.write(insert, 2, fail=True)
+    assert cp.read(count, "q") == 1, "the failed write was rolled back"
+
+
 def test_dedupe_across_transactions_and_jobs(cp: Checkpoint) -> None:
     with cp.transaction() as tx:
         assert tx.dedupe("q", [1, 2]) == [True, True]

@@ -17,6 +17,7 @@ import pytest
 from synthd import cli, config, dryrun
 from synthd.checkpoint import Checkpoint
 from synthd.models import Outcome
+from synthd.stagestore import hand_over
 from tests.helpers import PRICED_JOB, Workdir
 
 CONFIG = (
@@ -308,7 +309,7 @@ def test_items_already_handed_to_a_stage_are_rendered_as_it_would_send_them(
     cp = Checkpoint(cfg.paths.state / "synthd.db")
     rec = {"id": "p1", "context": "the passage", "completion": "a?\nb?", "items": ["a?", "b?"]}
     with cp.transaction() as tx:
-        tx.hand_over([("q", {**rec, "fingerprint": "f"})], {"q": [("a", "item")]})
+        hand_over(tx.db, [("q", {**rec, "fingerprint": "f"})], {"q": [("a", "item")]})
     cp.close()
     a = {p.job: p for p in dryrun.plan(cfg, ["a"], n=5).jobs}["a"]
     assert a.backlog.requests == 2

@@ -1,71 +1,24 @@
-"""The hand-off table (``Transaction.hand_over``, ``Checkpoint.stage_rows``) and
-``handoff.stage_item``: a stage item per kept upstream record (or element), made once."""
+"""``handoff.stage_item``: a hand-off row (``test_stagestore``) as the stage's work item."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from synthd import config, handoff, records
-from synthd.checkpoint import Checkpoint, StageLinks
+from synthd.checkpoint import Checkpoint
 from synthd.models import Accepted, BadLine, Choice, Rejection, Reply
-
-LINKS: StageLinks = {"q": [("a", "item"), ("whole", "record")], "a": [("j", "record")]}
-
-
-def rec(rid: str, items: list[str], fp: str = "f1") -> dict[str, Any]:
-    return {"id": rid, "context": f"passage {rid}", "completion": "\n".join(items),
-            "items": items, "fingerprint": fp}  # fmt: skip
-
-
-def test_each_record_hands_each_stage_its_items_in_order(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "s.db")
-    with cp.transaction() as tx:
-        added = tx.hand_over([("q", rec("p1", ["x?", "y?"])), ("q", rec("p2", ["z?"]))], LINKS)
-    assert added == 3 + 2
-    rows = cp.stage_rows("a", 0, 10)
-    assert [(r.seq, r.parent, r.idx) for r in rows] == [(0, "p1", 0), (1, "p1", 1), (2, "p2", 0)]
-    assert [(r.seq, r.parent) for r in cp.stage_rows("whole", 0, 10)] == [(0, "p1"), (1, "p2")]
-    assert [r.seq for r in cp.stage_rows("a", 1, 1)] == [1]
-    assert cp.stage_totals() == {"a": 3, "whole": 2}
-
-
-def test_handing_over_the_same_record_again_adds_nothing(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "s.db")
-    for _ in range(2):
-        with cp.transaction() as tx:
-            tx.hand_over([("q", rec("p1", ["x?", "y?"]))], LINKS)
-    with cp.transaction() as tx:
-        assert tx.hand_over([("q", rec("p1", ["x?", "y?"])), ("q", rec("p3", ["w?"]))], LINKS) == 2
-    assert [r.seq for r in cp.stage_rows("a", 0, 10)] == [0, 1, 2], "seqs stay contiguous"
-
-
-def test_a_rolled_back_commit_hands_over_nothing(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "s.db")
-    try:
-        with cp.transaction() as tx:
-            tx.hand_over([("q", rec("p1", ["x?"]))], LINKS)
-            raise OSError("the shard append failed")
-    except OSError:
-        pass
-    assert cp.stage_rows("a", 0, 10) == []
-
-
-def test_jobs_without_stages_and_records_without_items_hand_over_nothing(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "s.db")
-    with cp.transaction() as tx:
-        assert tx.hand_over([("other", rec("p1", ["x?"]))], LINKS) == 0
-        assert tx.hand_over([("q", {**rec("p2", []), "items": []})], {"q": [("a", "item")]}) == 0
+from synthd.stagestore import hand_over, stage_rows, stage_source
+from tests.unit.test_stagestore import LINKS, rec
 
 
 def test_a_stage_item_is_named_and_filled_from_its_parent(tmp_path: Path) -> None:
     cp = Checkpoint(tmp_path / "s.db")
     with cp.transaction() as tx:
-        tx.hand_over([("q", rec("p1", ["x?", "y?"], fp="fpq"))], LINKS)
-    src = cp.stage_source("a", "fpa")
-    assert cp.stage_source("a", "fpa") == src, "one source row per stage"
+        hand_over(tx.db, [("q", rec("p1", ["x?", "y?"], fp="fpq"))], LINKS)
+    src = cp.write(stage_source, "a", "fpa")
+    assert cp.write(stage_source, "a", "fpa") == src, "one source row per stage"
     assert cp.active_sources("a") == [], "not a spool file"
-    item = handoff.stage_item(src, cp.stage_rows("a", 1, 1)[0], "item")
+    item = handoff.stage_item(src, cp.read(stage_rows, "a", 1, 1)[0], "item")
     assert item.seq == 1
     assert item.line == 2
     assert item.source.id == src.id
@@ -91,8 +44,10 @@ def test_every_outcome_of_a_stage_item_names_its_parent(tmp_path: Path) -> None:
     job = config.load(tmp_path / "synthd.toml").jobs["a"]
     cp = Checkpoint(tmp_path / "s.db")
     with cp.transaction() as tx:
-        tx.hand_over([("q", rec("p1", ["x?"], fp="fpq"))], LINKS)
-    item = handoff.stage_item(cp.stage_source("a", "fpa"), cp.stage_rows("a", 0, 1)[0], "item")
+        hand_over(tx.db, [("q", rec("p1", ["x?"], fp="fpq"))], LINKS)
+    item = handoff.stage_item(
+        cp.write(stage_source, "a", "fpa"), cp.read(stage_rows, "a", 0, 1)[0], "item"
+    )
     reply = Reply([Choice("ok", "stop"), Choice("", "stop")], "m", 1, 1, True)
     out = records.completed(job, item, "p", {"n": 2}, reply, [Accepted("ok"), Rejection("e")], 0)
     dead = records.dead_letter(job, item, "boom", "attempts_exhausted", 6, 0)

@@ -103,6 +103,8 @@ IO = frozenset(
         "synthd.sim.__main__",
         "synthd.sim.server",
         "synthd.handoff",
+        "synthd.nearindex",
+        "synthd.stagestore",
         "synthd.sim.batches",
     }
 )

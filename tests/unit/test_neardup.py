@@ -1,15 +1,10 @@
-"""synthd.neardup and the index it keys (``Transaction.near_match``/``near_keep``)."""
+"""synthd.neardup: the keys of near-duplicate texts (the index is ``test_nearindex``)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from synthd import neardup
-from synthd.checkpoint import Checkpoint
 from synthd.config_jobs import FiltersConfig
 
 # Ten texts of the kind the shipped jobs produce, distinct in content though alike in form.
@@ -54,54 +49,7 @@ def reworded(text: str) -> str:
     return one_word_changed(text).upper().replace(",", " ;").replace("?", " !!")
 
 
-@pytest.fixture
-def cp(tmp_path: Path) -> Iterator[Checkpoint]:
-    checkpoint = Checkpoint(tmp_path / "state" / "synthd.db")
-    yield checkpoint
-    checkpoint.close()
-
-
 PARAMS = neardup.Params(0.85)
-
-
-def keep_all(cp: Checkpoint, texts: list[str]) -> None:
-    with cp.transaction() as tx:
-        for i, t in enumerate(texts):
-            keys = PARAMS.keys({"completion": t})
-            assert tx.near_match("q", keys, PARAMS.threshold) is None, t
-            tx.near_keep("q", f"id{i}", keys)
-
-
-@pytest.mark.parametrize("variant", [reorder, one_word_changed, reworded])
-def test_planted_near_duplicates_are_found_with_the_kept_id(
-    cp: Checkpoint, variant: object
-) -> None:
-    keep_all(cp, TEXTS)
-    with cp.transaction() as tx:
-        for i, t in enumerate(TEXTS):
-            planted = variant(t)  # type: ignore[operator]
-            assert planted != t
-            match = tx.near_match("q", PARAMS.keys({"completion": planted}), PARAMS.threshold)
-            assert match is not None, planted
-            assert match[0] == f"id{i}"
-            assert PARAMS.threshold <= match[1] <= 1.0
-
-
-def test_distinct_texts_are_all_kept_and_jobs_do_not_share_an_index(cp: Checkpoint) -> None:
-    keep_all(cp, TEXTS)  # asserts that none of them matched another
-    with cp.transaction() as tx:
-        keys = PARAMS.keys({"completion": TEXTS[0]})
-        assert tx.near_match("q", keys, PARAMS.threshold) == ("id0", 1.0)
-        assert tx.near_match("other", keys, PARAMS.threshold) is None
-
-
-def test_the_index_is_part_of_the_transaction(cp: Checkpoint) -> None:
-    keys = PARAMS.keys({"completion": TEXTS[0]})
-    with pytest.raises(RuntimeError), cp.transaction() as tx:
-        tx.near_keep("q", "id0", keys)
-        raise RuntimeError("the commit failed")
-    with cp.transaction() as tx:
-        assert tx.near_match("q", keys, PARAMS.threshold) is None
 
 
 def test_estimate_tracks_the_true_jaccard_similarity() -> None:

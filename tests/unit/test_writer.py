@@ -427,6 +427,14 @@ def crash_and_recover(config: Config, checkpoints: list[Checkpoint]) -> Crashed:
     return Crashed(src, fresh, fresh_cp, adopted, logs, files)
 
 
+def recover_and_track(config: Config, checkpoints: list[Checkpoint]) -> tuple[Crashed, Source]:
+    """``crash_and_recover``, then the writer follows the source again from its resume point."""
+    c = crash_and_recover(config, checkpoints)
+    (src,) = c.cp.active_sources("two")
+    c.writer.track(src, c.cp.done_after(src.id, src.resume_seq))
+    return c, src
+
+
 def test_recovery_adopts_complete_items_and_cuts_the_rest(
     config: Config, checkpoints: list[Checkpoint]
 ) -> None:
@@ -454,10 +462,8 @@ def test_recovery_adopts_complete_items_and_cuts_the_rest(
 def test_after_recovery_the_writer_appends_to_the_same_shard(
     config: Config, checkpoints: list[Checkpoint]
 ) -> None:
-    c = crash_and_recover(config, checkpoints)
+    c, src = recover_and_track(config, checkpoints)
     job = config.jobs["two"]
-    (src,) = c.cp.active_sources("two")
-    c.writer.track(src, c.cp.done_after(src.id, src.resume_seq))
     # Item 2 is sent again; one of its answers equals an adopted record: a duplicate.
     c.writer._commit([answered(job, item(src, 2), Accepted("A1?"), Accepted("B2?"))])
     assert [(r["source"]["seq"], r["completion"]) for r in lines(c.files["records"])] == [
@@ -476,11 +482,9 @@ def test_after_recovery_the_writer_appends_to_the_same_shard(
 def test_after_recovery_the_source_can_still_complete(
     config: Config, checkpoints: list[Checkpoint]
 ) -> None:
-    c = crash_and_recover(config, checkpoints)
+    c, src = recover_and_track(config, checkpoints)
     job = config.jobs["two"]
-    (src,) = c.cp.active_sources("two")
     assert src.resume_seq == 1  # item 1 was adopted, the resume point did not move
-    c.writer.track(src, c.cp.done_after(src.id, src.resume_seq))
     finished = c.writer._commit(
         [answered(job, item(src, 2), Accepted("A2?"), Accepted("B2?")), SourceEnd(src.id, 4)]
     )
