@@ -27,6 +27,7 @@ import structlog
 
 from synthd import config as config_mod
 from synthd import crashpoints, handoff, memory, notify
+from synthd.admission import Admission
 from synthd.allowance import Allowance
 from synthd.batchapi import BatchApi
 from synthd.batches import JobBatches
@@ -92,7 +93,10 @@ class Daemon:
         self.jobs: dict[str, JobRuntime] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self.feeder = Feeder(config, self.checkpoint, self.writer, self.jobs, self._stop, once=once)
+        self.admission = Admission(config, self.writer, self.jobs)
+        self.feeder = Feeder(
+            config, self.checkpoint, self.writer, self.jobs, self.admission, self._stop, once=once
+        )
         self.feeder.resume_only = resume_only
         self._signals = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -172,7 +176,7 @@ class Daemon:
             self._log_progress(final=True)
             log.info(
                 "stopped",
-                outstanding=self.feeder.outstanding,
+                outstanding=self.admission.outstanding,
                 loop_lag_p99_ms=round(1000 * self.loop_lag.quantile(0.99), 1),
                 loop_lag_max_ms=round(1000 * self.loop_lag.max_s, 1),
             )
@@ -296,7 +300,7 @@ class Daemon:
     async def _once_done(self) -> None:
         """The spool is read and its items committed, or packed: then every part-full
         pack goes at once, and once mode waits for every batch's results."""
-        await self.feeder.quiet.wait()
+        await self.admission.quiet.wait()
         for b in self.batchers.values():
             b.flush()
         for b in self.batchers.values():
@@ -304,19 +308,19 @@ class Daemon:
 
     async def _drain(self) -> None:
         """Let admitted items finish, up to the grace period or a second signal."""
-        if self.feeder.outstanding == 0:
+        if self.admission.outstanding == 0:
             return
         grace = self.config.service.grace_s
-        log.info("draining", outstanding=self.feeder.outstanding, grace_s=grace)
-        done = asyncio.create_task(self.feeder.until_outstanding_zero())
+        log.info("draining", outstanding=self.admission.outstanding, grace_s=grace)
+        done = asyncio.create_task(self.admission.until_outstanding_zero())
         force = asyncio.create_task(self._force.wait())
         await asyncio.wait([done, force], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         done.cancel()
         force.cancel()
-        if self.feeder.outstanding:
+        if self.admission.outstanding:
             log.warning(
                 "drain_cut_short",
-                outstanding=self.feeder.outstanding,
+                outstanding=self.admission.outstanding,
                 note="unfinished items are not checkpointed and will be redone",
             )
 
@@ -373,7 +377,7 @@ class Daemon:
             price = self.config.prices.get(rt.job.config.model)
             b = JobBatches(rt, store, api, tokens, self.writer, folder, price, self._fail)
             self.batchers[rt.job.name] = b
-            self.feeder.batchers[rt.job.name] = b
+            self.admission.batchers[rt.job.name] = b
             await b.start()
 
     async def _start_service(self) -> Any:
@@ -445,7 +449,7 @@ class Daemon:
                 if o.near_duplicates:
                     rt.stats.reject("near_duplicate", o.near_duplicates)
         self.recent.add(outcomes)
-        self.feeder.committed(outcomes)
+        self.admission.committed(outcomes)
         for b in self.batchers.values():
             b.committed(outcomes)
 

@@ -77,6 +77,8 @@ IO = frozenset(
         "synthd.dryrun",
         "synthd.export",
         "synthd.feeder",
+        "synthd.admission",
+        "synthd.sourcefiles",
         "synthd.looplag",
         "synthd.dirsync",
         "synthd.allowance",
