@@ -111,6 +111,33 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until stopped (or, in once mode, until the spool is done). Returns 0."""
+        writer_task, service = await self._start()
+        feeders = [self._supervised(self._feed(name), f"feed-{name}") for name in self.jobs]
+        tickers = [
+            self._supervised(self._progress(), "progress"),
+            self._supervised(memory.release_freed_memory(), "trim"),
+            self._supervised(self.loop_lag.run(), "loop_lag"),
+        ]
+        if (coordination := self.scaleout.loop()) is not None:
+            tickers.append(self._supervised(coordination, "coordination"))
+        if not self._takeover and (interval := notify.watchdog_interval_s()) is not None:
+            tickers.append(self._supervised(self._watchdog(interval / 2), "watchdog"))
+        self.ready.set()
+        self._notify("READY=1")
+        log.info("started", jobs=list(self.jobs), once=self.once, pid=os.getpid())
+        try:
+            await self._until_stopped()
+        finally:
+            await self._shut_down(feeders, tickers, writer_task, service)
+        if self.failure is not None and self.failure[0] != "writer":
+            raise DaemonFailed(*self.failure)
+        if writer_task.cancelled() or writer_task.exception() is not None:
+            raise WriterFailed(str(self.config.paths.out), "the writer stopped; see the log")
+        return 0
+
+    async def _start(self) -> tuple[asyncio.Task[None], Any]:
+        """Everything before the first item: the node's lease, recovery, the senders, batch
+        mode, the writer and the HTTP endpoint. Returns the writer's task and the endpoint."""
         loop = asyncio.get_running_loop()
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,53 +157,43 @@ class Daemon:
         if self.tune_gc:
             frozen = memory.settle_gc()
             log.info("gc_frozen", objects=frozen, thresholds=list(memory.GC_THRESHOLDS))
-        feeders = [self._supervised(self._feed(name), f"feed-{name}") for name in self.jobs]
-        tickers = [
-            self._supervised(self._progress(), "progress"),
-            self._supervised(memory.release_freed_memory(), "trim"),
-            self._supervised(self.loop_lag.run(), "loop_lag"),
-        ]
-        if (coordination := self.scaleout.loop()) is not None:
-            tickers.append(self._supervised(coordination, "coordination"))
-        if not self._takeover and (interval := notify.watchdog_interval_s()) is not None:
-            tickers.append(self._supervised(self._watchdog(interval / 2), "watchdog"))
-        self.ready.set()
-        self._notify("READY=1")
-        log.info("started", jobs=list(self.jobs), once=self.once, pid=os.getpid())
-        try:
-            await self._until_stopped()
-        finally:
-            self._notify("STOPPING=1")
-            for task in feeders:
-                task.cancel()
-            await asyncio.gather(*feeders, return_exceptions=True)
-            await self._drain()
-            await self.batch_mode.stop()
-            for d in self.dispatchers.values():
-                await d.stop()
-            # The writer's last commit must complete even if we are cancelled.
-            if not writer_task.done():
-                await self._close_writer(writer_task)
-            for task in tickers:
-                task.cancel()
-            if service is not None:
-                await service.cleanup()
-            self.writer.close_files()
-            work_left = self.coordinator is not None and self._work_left()
-            self.checkpoint.close()
-            await self.scaleout.close(work_left, [d.budget for d in self.dispatchers.values()])
-            self._log_progress(final=True)
-            log.info(
-                "stopped",
-                outstanding=self.admission.outstanding,
-                loop_lag_p99_ms=round(1000 * self.loop_lag.quantile(0.99), 1),
-                loop_lag_max_ms=round(1000 * self.loop_lag.max_s, 1),
-            )
-        if self.failure is not None and self.failure[0] != "writer":
-            raise DaemonFailed(*self.failure)
-        if writer_task.cancelled() or writer_task.exception() is not None:
-            raise WriterFailed(str(self.config.paths.out), "the writer stopped; see the log")
-        return 0
+        return writer_task, service
+
+    async def _shut_down(
+        self,
+        feeders: list[asyncio.Task[None]],
+        tickers: list[asyncio.Task[None]],
+        writer_task: asyncio.Task[None],
+        service: Any,
+    ) -> None:
+        """Stop claiming, drain, let the writer commit what it holds, then close the rest;
+        the order is the one the writer's promise needs (see design.md, Drain)."""
+        self._notify("STOPPING=1")
+        for task in feeders:
+            task.cancel()
+        await asyncio.gather(*feeders, return_exceptions=True)
+        await self._drain()
+        await self.batch_mode.stop()
+        for d in self.dispatchers.values():
+            await d.stop()
+        # The writer's last commit must complete even if we are cancelled.
+        if not writer_task.done():
+            await self._close_writer(writer_task)
+        for task in tickers:
+            task.cancel()
+        if service is not None:
+            await service.cleanup()
+        self.writer.close_files()
+        work_left = self.coordinator is not None and self._work_left()
+        self.checkpoint.close()
+        await self.scaleout.close(work_left, [d.budget for d in self.dispatchers.values()])
+        self._log_progress(final=True)
+        log.info(
+            "stopped",
+            outstanding=self.admission.outstanding,
+            loop_lag_p99_ms=round(1000 * self.loop_lag.quantile(0.99), 1),
+            loop_lag_max_ms=round(1000 * self.loop_lag.max_s, 1),
+        )
 
     def _notify(self, state: str) -> None:
         if not self._takeover:  # a takeover's daemon is not what systemd started
