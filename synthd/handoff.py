@@ -10,7 +10,7 @@ one source row (status ``stage``), so the resume point, recovery's adoption of l
 past a crash and the ``items`` rows cover them with no code of their own.
 
 The feeder waits for more on an event the writer's commit callback sets
-(``Feeder.committed``). In once mode it ends when its upstream job's feeder has ended,
+(``Admission.committed``). In once mode it ends when its upstream job's feeder has ended,
 that job has nothing admitted, and no row is left: by then every upstream record is
 committed, and with it every row it gave.
 """
@@ -47,12 +47,8 @@ def stage_item(src: Source, row: StageRow, per: stages.Per) -> WorkItem:
 
 async def feed_stage(feeder: Feeder, name: str) -> None:
     """Admit stage ``name``'s items as its upstream commits them; see the module doc."""
-    feeder.feeding += 1
-    try:
+    with feeder.admission.job_feeding(name):
         await _feed(feeder, name)
-    finally:
-        feeder.feeding -= 1
-        feeder.job_fed(name)
 
 
 async def _feed(feeder: Feeder, name: str) -> None:
@@ -75,7 +71,7 @@ async def _feed(feeder: Feeder, name: str) -> None:
     feeder.writer.track(src, done_after)
     done_before = frozenset(done_after)
     cursor = src.resume_seq
-    event = feeder.stage_events[name]
+    event = feeder.admission.stage_events[name]
     wait_s = feeder.config.service.scan_interval_s
     while not feeder.stopping:
         event.clear()  # a commit after this read sets it again: no wake-up is lost
@@ -86,12 +82,12 @@ async def _feed(feeder: Feeder, name: str) -> None:
                 continue  # finished before a restart
             item = stage_item(src, row, cfg.per)
             nbytes = sum(len(v) for v in item.fields.values())
-            await feeder.admit(rt, item, nbytes)
+            await feeder.admission.admit(rt, item, nbytes)
             if feeder.stopping:
                 return
         if rows:
             continue
-        if feeder.once and feeder.upstream_finished(upstream):
+        if feeder.once and feeder.admission.upstream_finished(upstream):
             # Every upstream record is committed now, with its rows: one last look.
             if not await asyncio.to_thread(cp.read, stage_rows, name, cursor, 1):
                 return

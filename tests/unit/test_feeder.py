@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from synthd.feeder import ADMIT_AHEAD, Feeder
+from synthd.admission import ADMIT_AHEAD, Admission
+from synthd.feeder import Feeder
 from synthd.models import Outcome
 from synthd.pipeline import Attempt
 from tests.helpers import Parts, Workdir, assemble, simple_job, write_provider_config
@@ -33,7 +34,10 @@ def parts_of(work: Workdir) -> Iterator[Any]:
 
 
 def feeder_of(parts: Parts) -> Feeder:
-    return Feeder(parts.cfg, parts.cp, parts.writer, parts.jobs, asyncio.Event(), once=True)
+    admission = Admission(parts.cfg, parts.writer, parts.jobs)
+    return Feeder(
+        parts.cfg, parts.cp, parts.writer, parts.jobs, admission, asyncio.Event(), once=True
+    )
 
 
 def queued(parts: Parts) -> list[Attempt]:
@@ -56,7 +60,7 @@ async def test_a_file_is_claimed_and_each_line_admitted_as_one_attempt(
     claimed = work.path / attempts[0].item.source.path  # relative to the deployment
     assert claimed.parent == work.spool("q") / ".work" and claimed.name.endswith("-in.txt")
     assert sorted(p.name for p in work.spool("q").iterdir()) == [".work", "done", "failed"]
-    assert feeder.outstanding == 3 and parts.jobs["q"].stats.items_queued == 3
+    assert feeder.admission.outstanding == 3 and parts.jobs["q"].stats.items_queued == 3
 
 
 async def test_small_files_are_one_item_each_and_a_bad_one_goes_to_failed(
@@ -89,7 +93,8 @@ async def test_admission_stops_at_the_providers_slots_until_outcomes_are_committ
     await asyncio.sleep(0.2)  # room for a wrong admission to show
     assert parts.dispatcher.queue.qsize() == slots and not feeding.done()
     first = queued(parts)[:40]  # the queue is empty now, the slots still held
-    feeder.committed([Outcome(a.item.source, a.item.seq, 0, 0, "record") for a in first])
+    feeder.admission.committed([Outcome(a.item.source, a.item.seq, 0, 0, "record") for a in first])
     await asyncio.wait_for(feeding, 10)
     assert parts.dispatcher.queue.qsize() == 40  # the rest of the file took the freed slots
-    assert parts.jobs["q"].stats.items_queued == slots + 40 and feeder.outstanding == slots
+    assert parts.jobs["q"].stats.items_queued == slots + 40
+    assert feeder.admission.outstanding == slots
