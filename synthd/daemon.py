@@ -136,6 +136,8 @@ class Daemon:
             self._supervised(memory.release_freed_memory(), "trim"),
             self._supervised(self.loop_lag.run(), "loop_lag"),
         ]
+        if self.tune_gc:
+            tickers.append(self._supervised(memory.collect_middle(), "gc"))
         if self._own_coordinator and self.coordinator is not None:
             coordination = self.coordinator.run(self._take_over)
             tickers.append(self._supervised(coordination, "coordination"))
