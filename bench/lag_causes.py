@@ -7,8 +7,9 @@ while the loop is over 20 ms late, and notes the loop thread's CPU time at each
 lag sample. Prints one JSON line per cell: the lag's median, p99 and max; per
 generation, the collections' count and longest pause; how many late samples fell
 in the first 5 s (ramp-up); how much of the time in late samples was inside a
-collection; the loop thread's share of the CPU while it was late (a low share means the process was off the CPU: other load, or waiting
-for the GIL); and the stacks seen most while late.
+collection; the loop thread's share of the CPU while it was late (a low share means
+the process was off the CPU: other load, or waiting for the GIL); and the stacks
+seen most while late.
 
     .venv/bin/python bench/lag_causes.py [--contexts ../shared/data/contexts.jsonl.gz]
         [--items 6000] [--latency-ms 50] [--in-flight 512 2048] [--files]
