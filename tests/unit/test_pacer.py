@@ -82,3 +82,21 @@ async def test_tasks_in_line_sleep_until_their_batch_and_go_in_arrival_order() -
     # clock: the waits are about one per task (a few more for batches sized too large),
     # where waking the whole line each iteration would be n * n / 6 = 15,000.
     assert n - 3 <= pacer.yields < 2 * n
+
+
+async def test_a_task_cancelled_in_line_does_not_hold_up_the_others() -> None:
+    clock = Clock()
+    pacer = Pacer(slice_s=0.01, clock=clock)
+    done: list[int] = []
+
+    async def reply(i: int) -> None:
+        await pacer.turn()
+        done.append(i)
+        clock.now += 0.004
+
+    tasks = [asyncio.create_task(reply(i)) for i in range(20)]
+    await asyncio.sleep(0)  # three went through; the rest wait in line
+    for i in (3, 4, 10, 19):
+        tasks[i].cancel()
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=5)
+    assert done == [i for i in range(20) if i not in (3, 4, 10, 19)]
