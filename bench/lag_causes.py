@@ -5,10 +5,11 @@ daemon under a probe (this file, re-run inside the daemon's process) that times
 every collection (``gc.callbacks``: wall and CPU), samples every thread's stack
 while the loop is over 20 ms late, and notes the loop thread's CPU time at each
 lag sample. Prints one JSON line per cell: the lag's median, p99 and max; per
-generation, the collections' count and longest pause; how much of the time in
-late samples was inside a collection; the loop thread's share of the CPU while it
-was late (a low share means the process was off the CPU: other load, or waiting
-for the GIL); and the stacks seen most while late.
+generation, the collections' count and longest pause; how many late samples fell
+in the first 5 s (ramp-up); how much of the time in late samples was inside a
+collection; the loop thread's share of the CPU while it was late (a low share means
+the process was off the CPU: other load, or waiting for the GIL); and the stacks
+seen most while late.
 
     .venv/bin/python bench/lag_causes.py [--contexts ../shared/data/contexts.jsonl.gz]
         [--items 6000] [--latency-ms 50] [--in-flight 512 2048] [--files]
@@ -142,6 +143,8 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
         "lag_max_ms": ms(ordered[-1]),
         "samples": len(lags),
         "late_samples": len(late),
+        # Ramp-up (connections opened, the first items read) apart from steady state.
+        "late_in_first_5s": sum(1 for _, b, _, _ in late if lags and b - lags[0][0] < 5),
         "late_in_gc": round(in_gc / late_s, 2) if late_s else 0.0,
         "loop_cpu_share_when_late": round(sum(c for *_, c in late) / wall, 2) if wall else None,
         "collections": gens,

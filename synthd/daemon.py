@@ -118,6 +118,8 @@ class Daemon:
             self._supervised(memory.release_freed_memory(), "trim"),
             self._supervised(self.loop_lag.run(), "loop_lag"),
         ]
+        if self.tune_gc:
+            tickers.append(self._supervised(memory.collect_middle(), "gc"))
         if (coordination := self.scaleout.loop()) is not None:
             tickers.append(self._supervised(coordination, "coordination"))
         if not self._takeover and (interval := notify.watchdog_interval_s()) is not None:

@@ -60,3 +60,43 @@ async def test_a_preempted_process_still_makes_progress_every_iteration() -> Non
 
     await asyncio.wait_for(asyncio.gather(*(reply(i) for i in range(6))), timeout=5)
     assert sorted(done) == list(range(6))
+
+
+async def test_tasks_in_line_sleep_until_their_batch_and_go_in_arrival_order() -> None:
+    clock = Clock()
+    pacer = Pacer(slice_s=0.01, clock=clock)
+    order: list[int] = []
+    resumed = 0
+
+    async def reply(i: int) -> None:
+        nonlocal resumed
+        await pacer.turn()
+        resumed += 1
+        order.append(i)
+        clock.now += 0.004  # three fit in a slice
+
+    n = 300
+    await asyncio.gather(*(reply(i) for i in range(n)))
+    assert order == list(range(n))
+    # A task in line is woken for its batch, not on every iteration to look at the
+    # clock: the waits are about one per task (a few more for batches sized too large),
+    # where waking the whole line each iteration would be n * n / 6 = 15,000.
+    assert n - 3 <= pacer.yields < 2 * n
+
+
+async def test_a_task_cancelled_in_line_does_not_hold_up_the_others() -> None:
+    clock = Clock()
+    pacer = Pacer(slice_s=0.01, clock=clock)
+    done: list[int] = []
+
+    async def reply(i: int) -> None:
+        await pacer.turn()
+        done.append(i)
+        clock.now += 0.004
+
+    tasks = [asyncio.create_task(reply(i)) for i in range(20)]
+    await asyncio.sleep(0)  # three went through; the rest wait in line
+    for i in (3, 4, 10, 19):
+        tasks[i].cancel()
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=5)
+    assert done == [i for i in range(20) if i not in (3, 4, 10, 19)]
