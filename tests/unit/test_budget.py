@@ -16,74 +16,9 @@ from structlog.testing import capture_logs
 
 from synthd.budget import Budget
 from synthd.config import ProviderConfig
-from synthd.headers import RateHeaders, parse_duration
+from synthd.headers import RateHeaders
 from synthd.ratemath import Calibration, cut_rate, recovery_rate, token_estimate
 from tests.clock import on_virtual_clock
-
-# -- parse_duration -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("6m0s", 360.0),
-        ("1s", 1.0),
-        ("250ms", 0.25),
-        ("1m30.5s", 90.5),
-        ("2h", 7200.0),
-        ("1h2m3.5s", 3723.5),
-        ("20ms", 0.02),
-        ("0s", 0.0),
-        ("1.5", 1.5),
-        ("30", 30.0),
-    ],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "garbage", "1m30", "s", "1x", " 1s", "1s ", "m1s", "1s2"])
-def test_parse_duration_garbage_is_none(text: str) -> None:
-    assert parse_duration(text) is None
-
-
-# -- RateHeaders --------------------------------------------------------------------------
-
-
-def test_rate_headers_parse_all_fields() -> None:
-    h = RateHeaders.parse(
-        {
-            "x-ratelimit-limit-requests": "500",
-            "x-ratelimit-limit-tokens": "200000",
-            "x-ratelimit-remaining-requests": "499",
-            "x-ratelimit-remaining-tokens": "199000.0",
-            "x-ratelimit-reset-requests": "120ms",
-            "x-ratelimit-reset-tokens": "6m0s",
-        }
-    )
-    assert h == RateHeaders(500, 200000, 499, 199000, 0.12, 360.0)
-
-
-def test_rate_headers_absent_is_none() -> None:
-    assert RateHeaders.parse({}) is None
-    assert RateHeaders.parse({"content-type": "application/json"}) is None
-
-
-def test_rate_headers_partial_and_garbled_values_are_none() -> None:
-    h = RateHeaders.parse(
-        {
-            "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-limit-tokens": "lots",
-            "x-ratelimit-reset-requests": "soon",
-        }
-    )
-    assert h == RateHeaders(None, None, 0, None, None, None)
-
-
-def test_rate_headers_infinite_value_is_none() -> None:
-    h = RateHeaders.parse({"x-ratelimit-limit-requests": "inf"})
-    assert h == RateHeaders(None, None, None, None, None, None)
-
 
 # -- ramp, estimates, calibration ---------------------------------------------------------
 
