@@ -155,7 +155,10 @@ def check_exactly_once(work: Workdir, rounds: int) -> None:
     assert not list((spool / ".work").iterdir())
 
 
-@pytest.mark.timeout(60 + 15 * ROUNDS)
+# No bound on the whole: about 210 daemon lives are CPU-bound start-ups, so the test's wall
+# time is the machine's load (two and a half minutes on two quiet cores, several times that
+# on loaded ones); a hang is caught where it would happen, each life waiting at most 60 s.
+@pytest.mark.timeout(0)
 def test_every_crash_point_recovers_to_exactly_once(tmp_path: Path, sim_url: str) -> None:
     seed = int(os.environ.get("CRASH_POINT_SEED", random.randrange(1 << 32)))
     print(f"crash points: seed {seed} (CRASH_POINT_SEED={seed} replays), {ROUNDS} rounds")
