@@ -15,17 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from common import (
-    Workdir,
-    arguments,
-    contexts,
-    emit,
-    emit_machine,
-    ratio,
-    sim_reset,
-    sim_stats,
-    simulator,
-)
+from common import Workdir, arguments, contexts, emit, parse, ratio, sim_reset, sim_stats, simulator
 
 
 def main() -> int:
@@ -34,8 +24,7 @@ def main() -> int:
     p.add_argument("--batch-requests", type=int, default=10_000, help="batch_max_requests")
     p.add_argument("--batch-time-s", type=float, default=2.0, help="the simulator's batch time")
     p.add_argument("--online", action="store_true", help="also run online mode; the CPU ratio")
-    args = p.parse_args()
-    emit_machine()
+    args = parse(p)
     with simulator(["--batch-time-s", str(args.batch_time_s)]) as url:
         batch = measure(url, args, "batch")
         if args.online:

@@ -246,8 +246,10 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def emit_machine() -> None:
-    """The first line of a benchmark's output: what it ran on."""
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments; then the output's first line, what the benchmark runs on."""
+    args = p.parse_args()
     emit(
         {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     )
+    return args

@@ -23,7 +23,7 @@ from common import (
     arguments,
     contexts,
     emit,
-    emit_machine,
+    parse,
     ratio,
     sim_reset,
     sim_stats,
@@ -38,8 +38,7 @@ def main() -> int:
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--in-flight", type=int, default=512)
-    args = p.parse_args()
-    emit_machine()
+    args = parse(p)
     with simulator(["--latency-ms", str(args.latency_ms)]) as url:
         chain = measure(url, args, STAGES)
         alone = measure(url, args, STAGES[:1])

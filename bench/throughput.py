@@ -20,17 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from common import (
-    Workdir,
-    arguments,
-    contexts,
-    emit,
-    emit_machine,
-    ratio,
-    sim_reset,
-    sim_stats,
-    simulator,
-)
+from common import Workdir, arguments, contexts, emit, parse, ratio, sim_reset, sim_stats, simulator
 
 
 def main() -> int:
@@ -39,8 +29,7 @@ def main() -> int:
     p.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 50.0])
     p.add_argument("--in-flight", type=int, nargs="+", default=[64, 512, 2048])
     p.add_argument("--files", action="store_true", help="also one .txt per context; ratios")
-    args = p.parse_args()
-    emit_machine()
+    args = parse(p)
     for latency in args.latency_ms:
         with simulator(["--latency-ms", str(latency)]) as url:
             for in_flight in args.in_flight:
