@@ -13,43 +13,28 @@ share of online mode's: on a shared machine that ratio is the robust figure.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-from pathlib import Path
 from typing import Any
 
-from common import Workdir, contexts, emit, sim_reset, sim_stats, start_sim, stop
+from common import Workdir, arguments, contexts, emit, parse, ratio, sim_reset, sim_stats, simulator
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--contexts", type=Path, help="contexts.jsonl.gz (default: synthetic)")
+    p = arguments(__doc__)
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--batch-requests", type=int, default=10_000, help="batch_max_requests")
     p.add_argument("--batch-time-s", type=float, default=2.0, help="the simulator's batch time")
     p.add_argument("--online", action="store_true", help="also run online mode; the CPU ratio")
-    p.add_argument("--keep", action="store_true", help="keep the work folders")
-    args = p.parse_args()
-    emit(
-        {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    )
-    sim, url = start_sim(["--batch-time-s", str(args.batch_time_s)])
-    try:
+    args = parse(p)
+    with simulator(["--batch-time-s", str(args.batch_time_s)]) as url:
         batch = measure(url, args, "batch")
         if args.online:
             online = measure(url, args, "online")
             emit(
                 {
-                    "batch_vs_online_cpu_per_item": round(
-                        batch["cpu_us_per_item"] / online["cpu_us_per_item"], 2
-                    ),
-                    "batch_vs_online_peak_rss": round(
-                        batch["peak_rss_mb"] / online["peak_rss_mb"], 2
-                    ),
+                    "batch_vs_online_cpu_per_item": ratio(batch, online, "cpu_us_per_item"),
+                    "batch_vs_online_peak_rss": ratio(batch, online, "peak_rss_mb"),
                 }
             )
-    finally:
-        stop(sim)
     return 0
 
 
@@ -78,17 +63,11 @@ def measure(url: str, args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "outcomes": outcomes,
         "batches_made": len(made),
         "online_requests": stats["by_status"].get("200", 0),
-        "wall_s": round(run.wall_s, 2),
         "items_per_s": round(n / run.wall_s, 1),
         "cpu_us_per_item": round(1e6 * run.cpu_s / max(n, 1), 1),
-        "daemon_cpu_s": round(run.cpu_s, 2),
-        "peak_rss_mb": round(run.max_rss_mb, 1),
-        "exit": run.returncode,
+        **run.figures(),
     }
-    emit(figures)
-    if not args.keep:
-        work.remove()
-    return figures
+    return work.report(figures, args.keep)
 
 
 if __name__ == "__main__":

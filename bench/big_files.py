@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import Workdir, emit, start_sim, stop
+from common import Workdir, emit, simulator
 
 PASSAGE = "The harbour at dawn, cranes and gulls and the tide coming in over the stones. "
 
@@ -25,9 +25,7 @@ def main() -> int:
     args = p.parse_args()
     size = int(args.mb * 1e6)
     text = (PASSAGE * (size // len(PASSAGE) + 1))[:size]
-    sim, url = start_sim(["--latency-ms", "300"])
-    work = Workdir()
-    try:
+    with simulator(["--latency-ms", "300"]) as url, Workdir() as work:
         work.config(
             url, {"rpm": 10_000_000, "tpm": 10_000_000_000, "max_in_flight": args.in_flight}
         )
@@ -47,9 +45,6 @@ def main() -> int:
                 "exit": run.returncode,
             }
         )
-    finally:
-        stop(sim)
-        work.remove()
     return 0
 
 

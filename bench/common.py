@@ -7,8 +7,10 @@ kernel: /proc/<pid>/stat for a running process, ``wait4`` rusage at exit).
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,22 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
+@contextmanager
+def simulator(flags: list[str]) -> Iterator[str]:
+    """``start_sim`` for the length of a ``with``: yields the /v1 URL, stops it after."""
+    proc, url = start_sim(flags)
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+def ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
+    """``a[key] / b[key]``, two runs of one benchmark compared (the figure a shared machine
+    does not skew)."""
+    return round(a[key] / b[key], 2)
+
+
 def sim_stats(base_url: str) -> dict[str, Any]:
     root = base_url.removesuffix("/v1")
     with urllib.request.urlopen(f"{root}/stats", timeout=10) as resp:
@@ -106,6 +125,15 @@ class DaemonRun:
 
     def event(self, name: str) -> dict[str, Any]:
         return next(e for e in self.log if e.get("event") == name)
+
+    def figures(self) -> dict[str, Any]:
+        """What every run reports: its wall time, the daemon's CPU and peak RSS, its exit."""
+        return {
+            "wall_s": round(self.wall_s, 2),
+            "daemon_cpu_s": round(self.cpu_s, 2),
+            "peak_rss_mb": round(self.max_rss_mb, 1),
+            "exit": self.returncode,
+        }
 
 
 class Workdir:
@@ -177,12 +205,25 @@ class Workdir:
             events,
         )
 
-    def count_lines(self, stream: str = "") -> int:
-        folder = self.path / "out" / "bench" / stream
+    def count_lines(self, stream: str = "", job: str = "bench") -> int:
+        folder = self.path / "out" / job / stream
         return sum(p.read_bytes().count(b"\n") for p in folder.glob("*.jsonl*"))
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Workdir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def report(self, figures: dict[str, Any], keep: bool) -> dict[str, Any]:
+        """Print a run's figures and remove its folder (unless ``keep``); returns them."""
+        emit(figures)
+        if not keep:
+            self.remove()
+        return figures
 
 
 def _toml(v: Any) -> str:
@@ -195,3 +236,20 @@ def _toml(v: Any) -> str:
 
 def emit(obj: dict[str, Any]) -> None:
     print(orjson.dumps(obj).decode(), flush=True)
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments every daemon benchmark takes (``--contexts``, ``--keep``); add yours."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--contexts", type=Path, help="contexts.jsonl.gz (default: synthetic)")
+    p.add_argument("--keep", action="store_true", help="keep the work folders")
+    return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments; then the output's first line, what the benchmark runs on."""
+    args = p.parse_args()
+    emit(
+        {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    )
+    return args

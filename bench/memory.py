@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import Workdir, contexts, emit, peak_rss_mb, rss_mb, sim_stats, start_sim, stop
+from common import Workdir, contexts, emit, peak_rss_mb, rss_mb, sim_stats, simulator
 
 
 def main() -> int:
@@ -27,9 +27,7 @@ def main() -> int:
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--contexts", type=Path)
     args = p.parse_args()
-    sim, url = start_sim(["--latency-ms", str(args.latency_ms)])
-    work = Workdir()
-    try:
+    with simulator(["--latency-ms", str(args.latency_ms)]) as url, Workdir() as work:
         work.config(
             url, {"rpm": 100_000_000, "tpm": 100_000_000_000, "max_in_flight": args.in_flight}
         )
@@ -82,9 +80,6 @@ def main() -> int:
                 "exit": os.waitstatus_to_exitcode(status),
             }
         )
-    finally:
-        stop(sim)
-        work.remove()
     return 0
 
 

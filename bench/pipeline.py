@@ -13,42 +13,36 @@ request against it: on a shared machine that ratio is the robust figure.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
-from pathlib import Path
 from typing import Any
 
 import orjson
-from common import ROOT, Workdir, contexts, emit, sim_reset, sim_stats, start_sim, stop
+from common import (
+    ROOT,
+    Workdir,
+    arguments,
+    contexts,
+    emit,
+    parse,
+    ratio,
+    sim_reset,
+    sim_stats,
+    simulator,
+)
 
 STAGES = ("questions", "answers", "qa_judge")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--contexts", type=Path, help="contexts.jsonl.gz (default: synthetic)")
+    p = arguments(__doc__)
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--in-flight", type=int, default=512)
-    p.add_argument("--keep", action="store_true", help="keep the work folders")
-    args = p.parse_args()
-    emit(
-        {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    )
-    sim, url = start_sim(["--latency-ms", str(args.latency_ms)])
-    try:
+    args = parse(p)
+    with simulator(["--latency-ms", str(args.latency_ms)]) as url:
         chain = measure(url, args, STAGES)
         alone = measure(url, args, STAGES[:1])
-    finally:
-        stop(sim)
-    emit(
-        {
-            "pipeline_vs_one_stage_cpu_per_request": round(
-                chain["cpu_us_per_request"] / alone["cpu_us_per_request"], 2
-            )
-        }
-    )
+    emit({"pipeline_vs_one_stage_cpu_per_request": ratio(chain, alone, "cpu_us_per_request")})
     return 0
 
 
@@ -65,11 +59,6 @@ def configure(work: Workdir, url: str, in_flight: int, jobs: tuple[str, ...]) ->
     (work.path / "config" / "synthd.toml").write_text(text)
 
 
-def lines(work: Workdir, job: str, stream: str = "") -> int:
-    folder = work.path / "out" / job / stream
-    return sum(p.read_bytes().count(b"\n") for p in folder.glob("*.jsonl*"))
-
-
 def measure(url: str, args: argparse.Namespace, jobs: tuple[str, ...]) -> dict[str, Any]:
     sim_reset(url)
     work = Workdir()
@@ -84,7 +73,8 @@ def measure(url: str, args: argparse.Namespace, jobs: tuple[str, ...]) -> dict[s
     run = work.run("--once")
     served = sim_stats(url)["by_status"].get("200", 0)
     per_stage = {
-        job: {"records": lines(work, job), "rejects": lines(work, job, "rejects")} for job in jobs
+        job: {"records": work.count_lines(job=job), "rejects": work.count_lines("rejects", job)}
+        for job in jobs
     }
     final = per_stage[jobs[-1]]["records"]
     figures = {
@@ -93,20 +83,14 @@ def measure(url: str, args: argparse.Namespace, jobs: tuple[str, ...]) -> dict[s
         "requests": served,
         "per_stage": per_stage,
         "final_records": final,
-        "wall_s": round(run.wall_s, 2),
-        "daemon_cpu_s": round(run.cpu_s, 2),
         "requests_per_final_record": round(served / max(final, 1), 2),
         "cpu_ms_per_final_record": round(1e3 * run.cpu_s / max(final, 1), 3),
         "wall_ms_per_final_record": round(1e3 * run.wall_s / max(final, 1), 3),
         "cpu_us_per_request": round(1e6 * run.cpu_s / max(served, 1), 1),
         "requests_per_s": round(served / run.wall_s, 1),
-        "peak_rss_mb": round(run.max_rss_mb, 1),
-        "exit": run.returncode,
+        **run.figures(),
     }
-    emit(figures)
-    if not args.keep:
-        work.remove()
-    return figures
+    return work.report(figures, args.keep)
 
 
 if __name__ == "__main__":

@@ -18,29 +18,20 @@ request and requests/s. On a shared machine the ratio is the robust figure.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-from pathlib import Path
 from typing import Any
 
-from common import Workdir, contexts, emit, sim_reset, sim_stats, start_sim, stop
+from common import Workdir, arguments, contexts, emit, parse, ratio, sim_reset, sim_stats, simulator
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--contexts", type=Path, help="contexts.jsonl.gz (default: synthetic)")
+    p = arguments(__doc__)
     p.add_argument("--items", type=int, default=6000)
     p.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 50.0])
     p.add_argument("--in-flight", type=int, nargs="+", default=[64, 512, 2048])
     p.add_argument("--files", action="store_true", help="also one .txt per context; ratios")
-    p.add_argument("--keep", action="store_true", help="keep the work folders")
-    args = p.parse_args()
-    emit(
-        {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    )
+    args = parse(p)
     for latency in args.latency_ms:
-        sim, url = start_sim(["--latency-ms", str(latency)])
-        try:
+        with simulator(["--latency-ms", str(latency)]) as url:
             for in_flight in args.in_flight:
                 shapes = ["jsonl", "files"] if args.files else ["jsonl"]
                 figures = {shape: measure(url, args, latency, in_flight, shape) for shape in shapes}
@@ -50,16 +41,10 @@ def main() -> int:
                         {
                             "latency_ms": latency,
                             "max_in_flight": in_flight,
-                            "files_vs_jsonl_cpu": round(
-                                f["cpu_us_per_request"] / j["cpu_us_per_request"], 2
-                            ),
-                            "files_vs_jsonl_requests_per_s": round(
-                                f["requests_per_s"] / j["requests_per_s"], 2
-                            ),
+                            "files_vs_jsonl_cpu": ratio(f, j, "cpu_us_per_request"),
+                            "files_vs_jsonl_requests_per_s": ratio(f, j, "requests_per_s"),
                         }
                     )
-        finally:
-            stop(sim)
     return 0
 
 
@@ -82,19 +67,13 @@ def measure(
         "items": n,
         "outcomes": records,
         "requests": served,
-        "wall_s": round(run.wall_s, 2),
         "requests_per_s": round(served / run.wall_s, 1),
         "cpu_us_per_request": round(1e6 * run.cpu_s / max(served, 1), 1),
-        "daemon_cpu_s": round(run.cpu_s, 2),
-        "peak_rss_mb": round(run.max_rss_mb, 1),
         "loop_lag_p99_ms": stopped.get("loop_lag_p99_ms"),
         "loop_lag_max_ms": stopped.get("loop_lag_max_ms"),
-        "exit": run.returncode,
+        **run.figures(),
     }
-    emit(figures)
-    if not args.keep:
-        work.remove()
-    return figures
+    return work.report(figures, args.keep)
 
 
 if __name__ == "__main__":

@@ -151,9 +151,8 @@ def life(work: Workdir, crash_at: str | None) -> int:
 
 @pytest.mark.timeout(240)
 def test_a_kill_during_a_5000_passage_file_leaves_every_passage_once(
-    tmp_path: Path, sim_url: str
+    work: Workdir, sim_url: str
 ) -> None:
-    work = Workdir(tmp_path)
     configure(work, sim_url, 16, 3)
     rng = random.Random(22)
     words = ["harbour", "lantern", "morning", "quietly", "river", "stone", "window", "garden"]
@@ -200,9 +199,8 @@ def test_the_demo_runs_the_questions_job_on_the_long_examples(tmp_path: Path) ->
 
 @pytest.mark.timeout(180)
 def test_jsonl_fields_are_cut_and_a_kill_inside_a_record_resumes_there(
-    tmp_path: Path, sim_url: str
+    work: Workdir, sim_url: str
 ) -> None:
-    work = Workdir(tmp_path)
     configure(work, sim_url, 16, 2)
     book = (LONG / "kjv-genesis-to-ruth.txt").read_text()
     rows = [book[i * 3000 : i * 3000 + 200 + i * 25] for i in range(60)]

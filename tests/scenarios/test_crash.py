@@ -27,8 +27,9 @@ from tests.helpers import Workdir, sim_process, simple_job, write_provider_confi
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sim_url() -> Iterator[str]:
+    """One simulator for the module: the tests use only its URL, never its counters."""
     with sim_process("--latency-ms", "30", "--latency-spread-ms", "20") as url:
         yield url
 
@@ -39,6 +40,32 @@ def start(work: Workdir, *extra: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([*RUN, *extra], cwd=work.path, stdout=log, stderr=log)
     finally:
         log.close()
+
+
+def start_working(work: Workdir) -> subprocess.Popen[bytes]:
+    """The daemon started, once its first record is out: a signal sent now lands mid-file
+    on any machine (a fixed delay may end before a slow start-up has sent anything, or
+    after a fast run has finished the file)."""
+    proc = start(work)
+    deadline = time.monotonic() + 60
+    try:
+        while not work.lines("q", live=True):
+            assert proc.poll() is None, (work.path / "daemon.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no record within 60s"
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def killed_mid_file(work: Workdir) -> int:
+    """SIGKILL once the daemon is working; returns how many records it left."""
+    proc = start_working(work)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return len(work.lines("q"))
 
 
 def all_lines(work: Workdir, job: str) -> list[dict[str, object]]:
@@ -121,9 +148,7 @@ def test_sigterm_drains_in_flight_and_exits_zero(work: Workdir, sim_url: str) ->
     work.write_config(sim_url, simple_job("q"), service="grace_s = 20")
     (work.spool("q") / "t.txt").write_text("\n".join(f"topic {i}" for i in range(3000)))
     work.write_config(sim_url, simple_job("q", input='"lines"'), service="grace_s = 20")
-    proc = start(work)
-    wait_for_event(work, "started")
-    time.sleep(1.0)
+    proc = start_working(work)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     drained = wait_for_event(work, "stopped")
@@ -139,15 +164,14 @@ def test_sigterm_drains_in_flight_and_exits_zero(work: Workdir, sim_url: str) ->
 def test_second_signal_exits_at_once_without_torn_lines(work: Workdir, sim_url: str) -> None:
     work.write_config(sim_url, simple_job("q", input='"lines"'), service="grace_s = 60")
     (work.spool("q") / "t.txt").write_text("\n".join(f"topic {i}" for i in range(3000)))
-    proc = start(work)
-    wait_for_event(work, "started")
-    time.sleep(0.8)
+    proc = start_working(work)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.05)
+    # Two signals pending at once are one to the kernel: the second waits for the first.
+    assert wait_for_event(work, "signal")["action"] == "drain"
     proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     assert proc.wait(timeout=20) == 0
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 10  # not the 60 s of grace
     for shard in (work.path / "out" / "q").glob("*.jsonl*"):
         data = shard.read_bytes()
         assert data == b"" or data.endswith(b"\n")
@@ -184,12 +208,7 @@ def test_sighup_reloads_config_without_dropping_work(work: Workdir, sim_url: str
 def test_job_change_midway_logs_once_and_keeps_done_work(work: Workdir, sim_url: str) -> None:
     cfg = work.write_config(sim_url, simple_job("q", input='"lines"', temperature=0.5))
     (work.spool("q") / "t.txt").write_text("\n".join(f"topic {i}" for i in range(3000)))
-    proc = start(work)
-    wait_for_event(work, "started")
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    before = len(work.lines("q"))
+    before = killed_mid_file(work)
     assert 0 < before < 3000
     cfg.write_text(cfg.read_text().replace("temperature = 0.5", "temperature = 0.8"))
     os.truncate(work.path / "daemon.log", 0)
@@ -209,12 +228,7 @@ def test_restart_resumes_file_from_its_checkpoint(work: Workdir, sim_url: str) -
     """After a kill, a half-done file continues where it stopped, not from the start."""
     work.write_config(sim_url, simple_job("q", input='"lines"'))
     (work.spool("q") / "t.txt").write_text("\n".join(f"topic {i}" for i in range(4000)))
-    proc = start(work)
-    wait_for_event(work, "started")
-    time.sleep(1.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    done_before = len(work.lines("q"))
+    done_before = killed_mid_file(work)
     assert done_before > 0
     claimed = list((work.spool("q") / ".work").iterdir())
     assert len(claimed) == 1, "the file stays claimed across the crash"

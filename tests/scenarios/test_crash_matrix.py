@@ -10,8 +10,9 @@ one outcome (one line per sample it asked for), every line whole and every id
 once.
 
 The randomness is seeded; the seed is printed. ``CRASH_POINT_SEED`` replays a
-run, and ``CRASH_POINT_ROUNDS`` (18 by default: about 210 daemon lives, about
-two and a half minutes on two quiet cores) scales it up for a soak.
+run, and ``CRASH_POINT_ROUNDS`` (12 by default: about 140 daemon lives, about a
+minute and a half on two quiet cores; every point is armed at each ``nth`` it draws
+several times over) scales it up for a soak.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ WRITER_POINTS = [
 SPOOL_POINTS = ["claim_recorded", "claim_renamed", "source_moved"]
 # Recovery has something to settle only after a life that died with lines past the commit.
 NEEDS_A_TAIL = {"recovery_cut", "recovery_adopted"}
-ROUNDS = int(os.environ.get("CRASH_POINT_ROUNDS", "18"))
+ROUNDS = int(os.environ.get("CRASH_POINT_ROUNDS", "12"))
 LINES_PER_FILE = 6
 RUN = [sys.executable, "-m", "synthd", "run", "--config", "config/synthd.toml", "--once"]
 
@@ -155,7 +156,10 @@ def check_exactly_once(work: Workdir, rounds: int) -> None:
     assert not list((spool / ".work").iterdir())
 
 
-@pytest.mark.timeout(60 + 15 * ROUNDS)
+# No bound on the whole: its daemon lives are CPU-bound start-ups, so the test's wall time
+# is the machine's load (a minute and a half on two quiet cores, several times that on
+# loaded ones); a hang is caught where it would happen, each life waiting at most 60 s.
+@pytest.mark.timeout(0)
 def test_every_crash_point_recovers_to_exactly_once(tmp_path: Path, sim_url: str) -> None:
     seed = int(os.environ.get("CRASH_POINT_SEED", random.randrange(1 << 32)))
     print(f"crash points: seed {seed} (CRASH_POINT_SEED={seed} replays), {ROUNDS} rounds")

@@ -44,6 +44,13 @@ def sim_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def keys(work: Workdir, sim_url: str, redis_server: RedisServer) -> set[str]:
+    """Every node's config (the defaults) written and the items spooled: their keys."""
+    configure(work, sim_url, redis_server.url)
+    return spool_items(work)
+
+
 def configure(
     work: Workdir, sim_url: str, redis_url: str, grace_s: float = 30, **coordination: Any
 ) -> None:
@@ -129,6 +136,12 @@ def wait_for(cond: Any, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def wait_all_done(work: Workdir, keys: set[str]) -> None:
+    """Until every item has a record and no claim is left in the spool."""
+    wait_for(lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record")
+    wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+
+
 def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     for p in procs.values():
         if p.poll() is None:
@@ -157,10 +170,7 @@ def test_three_daemons_share_the_spool_each_item_once(
     procs = start_all(work, NODES)
     try:
         keys = spool_items(work)
-        wait_for(
-            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
-        )
-        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+        wait_all_done(work, keys)
     finally:
         stop_all(procs)
     assert [p.returncode for p in procs.values()] == [0, 0, 0]
@@ -213,11 +223,7 @@ def test_status_shows_every_node_its_lease_and_share(
     assert abs(sum(n["share"] for n in nodes.values()) - 1.0) < 0.01
 
 
-def test_a_sigkilled_node_is_finished_by_the_others(
-    work: Workdir, sim_url: str, redis_server: RedisServer
-) -> None:
-    configure(work, sim_url, redis_server.url)
-    keys = spool_items(work)
+def test_a_sigkilled_node_is_finished_by_the_others(work: Workdir, keys: set[str]) -> None:
     procs = {n: start(work, n) for n in NODES}
     try:
         # Kill b once it has written records and still holds claimed files.
@@ -231,10 +237,7 @@ def test_a_sigkilled_node_is_finished_by_the_others(
         procs["b"].wait(timeout=10)
         left = claims_of(work, "b") & claimed_now(work)
         assert left, "b held no claim when killed: the test proves nothing"
-        wait_for(
-            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
-        )
-        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+        wait_all_done(work, keys)
     finally:
         stop_all(procs)
     assert_exactly_once(work, keys)
@@ -263,10 +266,7 @@ def test_without_takeover_a_dead_nodes_claims_wait_for_it(
         assert claims_of(work, "b") & claimed_now(work) == left
         assert not events(work, "a", "takeover_start")
         procs["b"] = start(work, "b")  # back: it finishes its own
-        wait_for(
-            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
-        )
-        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+        wait_all_done(work, keys)
     finally:
         stop_all(procs)
     assert_exactly_once(work, keys)
@@ -276,13 +276,9 @@ def pending(work: Workdir) -> list[str]:
     return [p.name for p in work.spool("q").glob("*.jsonl")]
 
 
-def test_a_taker_killed_mid_takeover_is_taken_over_in_turn(
-    work: Workdir, sim_url: str, redis_server: RedisServer
-) -> None:
+def test_a_taker_killed_mid_takeover_is_taken_over_in_turn(work: Workdir, keys: set[str]) -> None:
     """b is SIGKILLed; a takes it over and is killed itself right after b's recovery (the
     crash point ``takeover_recovered``); c, started then, finishes both, each item once."""
-    configure(work, sim_url, redis_server.url)
-    keys = spool_items(work)
     procs = {
         "a": start(work, "a", crash_at="takeover_recovered:1"),
         "b": start(work, "b"),
@@ -294,10 +290,7 @@ def test_a_taker_killed_mid_takeover_is_taken_over_in_turn(
         assert procs["a"].wait(timeout=60) == -signal.SIGKILL
         assert [e["dead_node"] for e in events(work, "a", "takeover_start")] == ["b"]
         procs["c"] = start(work, "c")
-        wait_for(
-            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
-        )
-        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+        wait_all_done(work, keys)
     finally:
         stop_all(procs)
     assert_exactly_once(work, keys)
@@ -318,10 +311,7 @@ def test_a_node_stopped_with_claims_left_hands_them_over(
         assert procs["a"].wait(timeout=30) == 0
         released = events(work, "a", "lease_released")
         assert released and released[0]["work_left"] is True
-        wait_for(
-            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
-        )
-        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+        wait_all_done(work, keys)
     finally:
         stop_all(procs)
     assert_exactly_once(work, keys)
@@ -350,20 +340,15 @@ def claimed_now(work: Workdir) -> set[str]:
 
 
 def test_redis_restarted_mid_run_loses_and_doubles_nothing(
-    work: Workdir, sim_url: str, redis_server: RedisServer
+    work: Workdir, sim_url: str, redis_server: RedisServer, keys: set[str]
 ) -> None:
-    configure(work, sim_url, redis_server.url)
-    keys = spool_items(work)
     procs = {n: start(work, n) for n in NODES}
     try:
         wait_for(lambda: len(records(work, live=True)) >= 40, "some records")
         redis_server.stop()
         time.sleep(1.5)
         redis_server.start()
-        wait_for(
-            lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
-        )
-        wait_for(lambda: not list((work.spool("q") / ".work").iterdir()), "no claim left")
+        wait_all_done(work, keys)
     finally:
         stop_all(procs)
     assert_exactly_once(work, keys)
@@ -463,9 +448,7 @@ def test_a_429_seen_by_one_node_pauses_the_others(work: Workdir, redis_server: R
         procs = start_all(work, ("a", "b"))
         try:
             keys = spool_items(work)
-            wait_for(
-                lambda: keys_of(records(work, live=True)).keys() >= keys, "every item has a record"
-            )
+            wait_all_done(work, keys)
         finally:
             stop_all(procs)
     assert_exactly_once(work, keys)

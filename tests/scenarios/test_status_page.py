@@ -66,16 +66,6 @@ def expected_from_metrics(text: str) -> dict[str, float]:
         "dead": "synthd_dead_letters_total",
         "backlog": "synthd_backlog_items",
     }
-    for key, name in per_job.items():
-        for job, v in by_label(m, name, "job").items():
-            out[f"job.{job}.{key}"] = v
-    for job in by_label(m, "synthd_items_done_total", "job"):
-        tokens = by_label(m, "synthd_tokens_total", "kind", job=job)
-        out[f"job.{job}.prompt_tokens"] = tokens["prompt"]
-        out[f"job.{job}.completion_tokens"] = tokens["completion"]
-        rejects = by_label(m, "synthd_rejects_total", "reason", job=job)
-        out[f"job.{job}.rejected"] = sum(rejects.values())
-        out.update({f"job.{job}.rejects.{r}": v for r, v in rejects.items()})
     per_provider = {
         "in_flight": "synthd_in_flight",
         "queued": "synthd_queue_depth",
@@ -85,9 +75,17 @@ def expected_from_metrics(text: str) -> dict[str, float]:
         "rpm": "synthd_budget_requests_per_minute",
         "tpm": "synthd_budget_tokens_per_minute",
     }
-    for key, name in per_provider.items():
-        for p, v in by_label(m, name, "provider").items():
-            out[f"provider.{p}.{key}"] = v
+    for scope, names in (("job", per_job), ("provider", per_provider)):
+        for key, name in names.items():
+            for label, v in by_label(m, name, scope).items():
+                out[f"{scope}.{label}.{key}"] = v
+    for job in by_label(m, "synthd_items_done_total", "job"):
+        tokens = by_label(m, "synthd_tokens_total", "kind", job=job)
+        out[f"job.{job}.prompt_tokens"] = tokens["prompt"]
+        out[f"job.{job}.completion_tokens"] = tokens["completion"]
+        rejects = by_label(m, "synthd_rejects_total", "reason", job=job)
+        out[f"job.{job}.rejected"] = sum(rejects.values())
+        out.update({f"job.{job}.rejects.{r}": v for r, v in rejects.items()})
     return out
 
 

@@ -7,7 +7,13 @@ from email.utils import formatdate
 import pytest
 
 from synthd.client import retry_after
-from synthd.headers import RateHeaders, parse_rate_headers, parse_reset, parse_retry_after
+from synthd.headers import (
+    RateHeaders,
+    parse_duration,
+    parse_rate_headers,
+    parse_reset,
+    parse_retry_after,
+)
 
 NOW = 1_800_000_000.0  # a fixed "now" (2027-01-15): resets given as times are relative to it
 
@@ -17,17 +23,16 @@ def parse(headers: dict[str, str]) -> RateHeaders | None:
 
 
 def test_openai() -> None:
-    h = parse(
-        {
-            "x-ratelimit-limit-requests": "3500",
-            "x-ratelimit-remaining-requests": "3499",
-            "x-ratelimit-reset-requests": "20ms",
-            "x-ratelimit-limit-tokens": "90000",
-            "x-ratelimit-remaining-tokens": "0",
-            "x-ratelimit-reset-tokens": "6m0s",
-        }
-    )
-    assert h == RateHeaders(3500, 90000, 3499, 0, 0.02, 360.0)
+    headers = {
+        "x-ratelimit-limit-requests": "3500",
+        "x-ratelimit-remaining-requests": "3499",
+        "x-ratelimit-reset-requests": "20ms",
+        "x-ratelimit-limit-tokens": "90000",
+        "x-ratelimit-remaining-tokens": "199.0",  # some proxies send counts as floats
+        "x-ratelimit-reset-tokens": "6m0s",
+    }
+    expected = RateHeaders(3500, 90000, 3499, 199, 0.02, 360.0)
+    assert parse(headers) == RateHeaders.parse(headers) == expected
 
 
 def test_anthropic_with_rfc3339_resets() -> None:
@@ -129,3 +134,54 @@ def test_a_429_without_retry_after_waits_for_the_exhausted_limits_reset() -> Non
 def test_past_resets_are_zero() -> None:
     assert parse_reset(str(int(NOW) - 100), NOW) == 0.0
     assert parse_reset("2020-01-01T00:00:00Z", NOW) == 0.0
+
+
+# -- parse_duration -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("6m0s", 360.0),
+        ("1s", 1.0),
+        ("250ms", 0.25),
+        ("1m30.5s", 90.5),
+        ("2h", 7200.0),
+        ("1h2m3.5s", 3723.5),
+        ("20ms", 0.02),
+        ("0s", 0.0),
+        ("1.5", 1.5),
+        ("30", 30.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "1m30", "s", "1x", " 1s", "1s ", "m1s", "1s2"])
+def test_parse_duration_garbage_is_none(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+# -- RateHeaders --------------------------------------------------------------------------
+
+
+def test_rate_headers_absent_is_none() -> None:
+    assert RateHeaders.parse({}) is None
+    assert RateHeaders.parse({"content-type": "application/json"}) is None
+
+
+def test_rate_headers_partial_and_garbled_values_are_none() -> None:
+    h = RateHeaders.parse(
+        {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-limit-tokens": "lots",
+            "x-ratelimit-reset-requests": "soon",
+        }
+    )
+    assert h == RateHeaders(None, None, 0, None, None, None)
+
+
+def test_rate_headers_infinite_value_is_none() -> None:
+    h = RateHeaders.parse({"x-ratelimit-limit-requests": "inf"})
+    assert h == RateHeaders(None, None, None, None, None, None)

@@ -51,13 +51,24 @@ def test_append_opens_a_part_file_and_counts(tmp_path: Path, streams: list[Shard
     assert (s.offset, s.records) == (24, 3)
 
 
+@pytest.mark.parametrize(
+    ("limit", "lines"),
+    [({"max_records": 2}, [b"1\n", b"2\n"]), ({"max_bytes": 10}, [b"12345678\n", b"9\n"])],
+)
+def test_a_shard_is_full_at_its_limit(
+    tmp_path: Path, streams: list[ShardStream], limit: dict[str, int], lines: list[bytes]
+) -> None:
+    s = stream(streams, tmp_path / "out", **limit)
+    s.append(lines[0], 1)
+    assert not s.full
+    s.append(lines[1], 1)
+    assert s.full
+
+
 def test_rotation_at_max_records(tmp_path: Path, streams: list[ShardStream]) -> None:
     folder = tmp_path / "out"
     s = stream(streams, folder, max_records=2)
-    s.append(b"1\n", 1)
-    assert not s.full
-    s.append(b"2\n", 1)
-    assert s.full
+    s.append(b"1\n2\n", 2)
     final = s.close_shard()
     assert final == folder / "q-000001.jsonl"
     assert final.read_bytes() == b"1\n2\n"
@@ -70,10 +81,7 @@ def test_rotation_at_max_records(tmp_path: Path, streams: list[ShardStream]) -> 
 def test_rotation_at_max_bytes(tmp_path: Path, streams: list[ShardStream]) -> None:
     folder = tmp_path / "out"
     s = stream(streams, folder, max_bytes=10)
-    s.append(b"12345678\n", 1)
-    assert not s.full
-    s.append(b"9\n", 1)
-    assert s.full
+    s.append(b"12345678\n9\n", 2)
     s.close_shard()
     s.append(b"x\n", 1)
     s.close_shard()

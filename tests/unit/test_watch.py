@@ -104,15 +104,36 @@ def test_the_command_on_a_real_terminal_redraws_until_ctrl_c(work: Workdir) -> N
         cwd=work.path,
     )
     os.close(child)
+    # A terminal's stdout is line-buffered: a frame arrives line by line, and a read may stop
+    # inside one. Count whole frames (each ends by clearing below), and after Ctrl-C read to
+    # the end, so the frame checked is the last one drawn whole however the reads fell.
     got = b""
     deadline = time.monotonic() + 60
-    while got.count(HOME.encode()) < 4 and time.monotonic() < deadline:
+    while got.count(CLEAR_BELOW.encode()) < 4 and time.monotonic() < deadline:
         if select.select([parent], [], [], 1)[0]:
             got += os.read(parent, 65536)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
+    got += read_to_end(parent)
     os.close(parent)
     text = got.decode().replace("\r\n", "\n")
-    last = text.split(HOME)[-1].removesuffix(CLEAR_BELOW)
+    frames = [f.removesuffix("\n") for f in text.split(HOME)]  # Ctrl-C ends the line
+    whole = [f for f in frames if f.endswith(CLEAR_BELOW)]
+    assert len(whole) >= 4
+    last = whole[-1].removesuffix(CLEAR_BELOW)
     table = [line.removesuffix(CLEAR_LINE) for line in last.split("\n")[1:] if line]
     assert table == [line for line in plain.splitlines() if line]
+
+
+def read_to_end(fd: int) -> bytes:
+    """What is left on a pty whose other side has closed (Linux then says EIO)."""
+    data = b""
+    while select.select([fd], [], [], 5)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
