@@ -23,6 +23,7 @@ only decides who and when. With ``takeover = false`` a dead node's files wait fo
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import socket
@@ -164,6 +165,7 @@ class Coordinator:
         self._held: set[str] = set()  # nodes whose lease this process holds (its own first)
         self._takeover_after = 0.0  # monotonic: no takeover before (just after Redis returns)
         self._deferred: set[str] = set()  # dead by Redis, alive by the filesystem (logged once)
+        self._takeovers: dict[str, asyncio.Task[None]] = {}  # dead node -> its takeover
 
     @property
     def nodes(self) -> int:
@@ -264,7 +266,6 @@ class Coordinator:
         """Renew the leases held, count the live nodes, take over dead ones. Raises
         ``LeaseLost`` if this node's lease was taken while it ran."""
         every = self.cfg.lease_ttl_s / 3
-        takeovers: set[asyncio.Task[None]] = set()
         try:
             while True:
                 await self._renew()
@@ -276,12 +277,16 @@ class Coordinator:
                             continue
                         if await self._try_take(node):
                             task = asyncio.create_task(self._take_over(node, on_takeover))
-                            takeovers.add(task)
-                            task.add_done_callback(takeovers.discard)
+                            self._takeovers[node] = task
+                            task.add_done_callback(functools.partial(self._took_over, node))
                 await asyncio.sleep(every)
         finally:
-            for task in takeovers:
+            for task in self._takeovers.values():
                 task.cancel()
+
+    def _took_over(self, node: str, task: asyncio.Task[None]) -> None:
+        if self._takeovers.get(node) is task:
+            del self._takeovers[node]
 
     async def _renew(self) -> None:
         for node in list(self._held):
@@ -296,6 +301,10 @@ class Coordinator:
                     raise LeaseLost(node, holder)
                 self._held.discard(node)
                 log.error("takeover_lease_lost", node=node, held_by=holder)
+                # Another node has taken it over (our renewals came too late: a stalled
+                # loop): stop finishing its files, so that two do not write them at once.
+                if (task := self._takeovers.get(node)) is not None:
+                    task.cancel()
 
     async def _dead_nodes(self) -> list[str]:
         try:

@@ -129,6 +129,13 @@ class Daemon:
         log.info("started", jobs=list(self.jobs), once=self.once, pid=os.getpid())
         try:
             await self._until_stopped()
+        except asyncio.CancelledError:
+            # A takeover, cancelled: another node has taken its lease (and finishes those
+            # files now), or its host stops after its own drain (whose grace is spent).
+            # Nothing more is waited for; the writer still commits what it holds.
+            self._stop.set()
+            self._force.set()
+            raise
         finally:
             await self._shut_down(feeders, tickers, writer_task, service)
         if self.failure is not None and self.failure[0] != "writer":
