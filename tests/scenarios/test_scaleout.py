@@ -282,7 +282,10 @@ def test_a_takeover_whose_lease_is_taken_stops_then_the_node_is_taken_over_again
         finally:
             stop_all(procs)
     assert_exactly_once(work, keys)
-    assert [e["dead_node"] for e in events(work, "a", "takeover_start")] == ["b", "b"]
+    # Taken over again after each lease lost: the one taken here, and any a lost by itself
+    # (its renewals late on a loaded machine).
+    lost = [e["node"] for e in events(work, "a", "takeover_lease_lost")]
+    assert [e["dead_node"] for e in events(work, "a", "takeover_start")] == ["b"] * (1 + len(lost))
     assert [e["dead_node"] for e in events(work, "a", "takeover_done")] == ["b"]
 
 
