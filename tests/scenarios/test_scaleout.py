@@ -271,9 +271,7 @@ def test_a_takeover_whose_lease_is_taken_stops_then_the_node_is_taken_over_again
         keys = spool_items(work)
         procs = {n: start(work, n) for n in ("a", "b")}
         try:
-            wait_for(lambda: bool(claims_of(work, "b") & claimed_now(work)), "b holds a claim")
-            procs["b"].send_signal(signal.SIGKILL)
-            procs["b"].wait(timeout=10)
+            kill_holding_a_claim(work, procs, "b")
             wait_for(lambda: bool(events(work, "a", "takeover_start")), "a takes b over")
             take_lease(redis_server, "b", "PX", "2000")
             wait_for(lambda: bool(events(work, "a", "takeover_lease_lost")), "a fenced out")
@@ -296,9 +294,7 @@ def test_without_takeover_a_dead_nodes_claims_wait_for_it(
     keys = spool_items(work)
     procs = {n: start(work, n) for n in ("a", "b")}
     try:
-        wait_for(lambda: bool(claims_of(work, "b") & claimed_now(work)), "b holds a claim")
-        procs["b"].send_signal(signal.SIGKILL)
-        procs["b"].wait(timeout=10)
+        kill_holding_a_claim(work, procs, "b")
         left = claims_of(work, "b") & claimed_now(work)
         assert left, "b held no claim when killed: the test proves nothing"
         # a finishes everything else; b's claims stay, well past b's lease (1 s).
@@ -313,6 +309,15 @@ def test_without_takeover_a_dead_nodes_claims_wait_for_it(
     assert_exactly_once(work, keys)
 
 
+def kill_holding_a_claim(
+    work: Workdir, procs: dict[str, subprocess.Popen[bytes]], node: str
+) -> None:
+    """SIGKILL ``node`` once it holds a claimed file, and wait for it to be gone."""
+    wait_for(lambda: bool(claims_of(work, node) & claimed_now(work)), f"{node} holds a claim")
+    procs[node].send_signal(signal.SIGKILL)
+    procs[node].wait(timeout=10)
+
+
 def pending(work: Workdir) -> list[str]:
     return [p.name for p in work.spool("q").glob("*.jsonl")]
 
@@ -325,9 +330,7 @@ def test_a_taker_killed_mid_takeover_is_taken_over_in_turn(work: Workdir, keys: 
         "b": start(work, "b"),
     }
     try:
-        wait_for(lambda: bool(claims_of(work, "b") & claimed_now(work)), "b holds a claim")
-        procs["b"].send_signal(signal.SIGKILL)
-        procs["b"].wait(timeout=10)
+        kill_holding_a_claim(work, procs, "b")
         assert procs["a"].wait(timeout=60) == -signal.SIGKILL
         assert [e["dead_node"] for e in events(work, "a", "takeover_start")] == ["b"]
         procs["c"] = start(work, "c")
