@@ -141,7 +141,8 @@ class Admission:
             return True
         self._roomy.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._roomy.wait(), self.config.service.scan_interval_s)
+            async with asyncio.timeout(self.config.service.scan_interval_s):
+                await self._roomy.wait()
         return self.outstanding <= self._room
 
     # -- one item -------------------------------------------------------------------------

@@ -37,16 +37,13 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from synthd.budget import Budget
 from synthd.config import ProviderConfig
 from synthd.config_coordination import CoordinationConfig
 from synthd.errors import SynthdError
+from synthd.redisclient import connect
 from synthd.sharedbudget import REDIS_DOWN, SharedBudget
 
 log = structlog.get_logger("synthd.coordination")
@@ -98,18 +95,6 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 return {live, dead}
 """
-
-
-def connect(url: str) -> Redis:
-    """A client that fails fast: one retry on a fresh connection (a restarted Redis leaves
-    the pool's connections stale), then the error, so that the caller's choice applies."""
-    return Redis.from_url(
-        url,
-        socket_timeout=1.0,
-        socket_connect_timeout=1.0,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
 
 
 def lease_key(node: str) -> str:

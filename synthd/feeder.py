@@ -101,7 +101,8 @@ class Feeder:
             if self.once and scanner.idle:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.config.service.scan_interval_s)
+                async with asyncio.timeout(self.config.service.scan_interval_s):
+                    await self._stop.wait()
 
     async def _take(self, name: str, job_dir: Path, entries: list[spool.Entry]) -> None:
         """Claim a batch of settled entries and read what was claimed."""

@@ -93,4 +93,5 @@ async def _feed(feeder: Feeder, name: str) -> None:
                 return
             continue
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await event.wait()

@@ -262,7 +262,8 @@ class Batches:
             # what finished before it.
             done_share = 1.0
             try:
-                await asyncio.wait_for(b.cancel.wait(), self.cfg.batch_time_s)
+                async with asyncio.timeout(self.cfg.batch_time_s):
+                    await b.cancel.wait()
                 done_share = 0.5
             except TimeoutError:
                 pass

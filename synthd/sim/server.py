@@ -137,7 +137,8 @@ class Sim:
     async def _hang(self) -> None:
         # Ends early when the server stops, so shutdown never waits hang_s for a handler.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), self.cfg.hang_s)
+            async with asyncio.timeout(self.cfg.hang_s):
+                await self.stopping.wait()
 
     def _choices(
         self, req: SimRequest, key: bytes

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from synthd.config_coordination import CoordinationConfig
-from synthd.coordination import NODES_KEY, Coordinator, LeaseLost, connect, lease_key
+from synthd.coordination import NODES_KEY, Coordinator, LeaseLost, lease_key
+from synthd.redisclient import connect
 from tests.redisserver import RedisServer
 
 
@@ -63,6 +66,83 @@ async def test_a_dead_node_is_taken_over_once_then_leaves(redis_server: RedisSer
     await a.close(work_left=False)
     await b.close(work_left=False)
     await dead.redis.aclose()
+
+
+async def test_a_takeover_whose_lease_is_taken_stops_and_is_not_released(
+    redis_server: RedisServer,
+) -> None:
+    """A taker whose renewals came too late (a stalled loop) finds the dead node's lease
+    held by another taker: its takeover is cancelled, so two never finish one node."""
+    dead, a = coordinator(redis_server, "dead"), coordinator(redis_server, "a")
+    await dead.start()  # and never renews: it died
+    await a.start()
+    started, ended = asyncio.Event(), asyncio.Event()
+    outcome: list[str] = []
+
+    async def finish(node: str) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+            outcome.append("done")
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        finally:
+            ended.set()
+
+    loop = asyncio.create_task(a.run(finish))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        await a.redis.set(lease_key("dead"), "another taker", px=10_000)
+        await asyncio.wait_for(ended.wait(), 5)
+        assert not loop.done()  # a's own lease is fine: it goes on
+    finally:
+        loop.cancel()
+        stopped, _ = await asyncio.wait({loop}, timeout=5)
+    assert stopped, "the loop went on after its cancel"
+    assert outcome == ["cancelled"]
+    assert await a.redis.get(lease_key("dead")) == b"another taker"  # not released by a
+    await a.close(work_left=False)
+    await dead.redis.aclose()
+
+
+async def ends_when_cancelled_at_every_step(
+    start: Callable[[], Coroutine[Any, Any, object]], steps: int = 40
+) -> None:
+    """Cancel a fresh ``start()`` after 0, 1, 2... turns of the event loop: each must end,
+    cancelled, whatever it was awaiting then (a Redis command being sent, a thread, a sleep)."""
+    for step in range(steps):
+        task = asyncio.create_task(start())
+        for _ in range(step):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
+        assert done, f"it went on for 5 s after a cancel {step} turns in"
+        assert task.cancelled(), f"it ended without the cancel {step} turns in: {task!r}"
+
+
+async def test_a_cancel_ends_the_loop_whatever_it_awaits(redis_server: RedisServer) -> None:
+    """A daemon that stops cancels its coordination loop, and a node waiting for its lease
+    may be stopped too: the cancel ends either at once, even one that comes while a Redis
+    command is on its way (redis-py sends it under ``wait_for``)."""
+    a, holder = coordinator(redis_server, "a", 10), coordinator(redis_server, "b", 10)
+    await a.start()
+    await holder.start()
+    waiting = coordinator(redis_server, "b", 10)  # b's lease is held: it waits for it
+
+    async def nothing(node: str) -> None:
+        del node
+
+    try:
+        await ends_when_cancelled_at_every_step(lambda: a.run(nothing))
+        await ends_when_cancelled_at_every_step(waiting.start)
+    finally:
+        await a.close(work_left=False)
+        await holder.close(work_left=False)
+        await waiting.redis.aclose()
 
 
 async def test_a_node_stopping_with_work_left_is_marked_for_takeover(

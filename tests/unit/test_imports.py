@@ -69,6 +69,7 @@ IO = frozenset(
         "synthd.batchstore",
         "synthd.budget",
         "synthd.coordination",
+        "synthd.redisclient",
         "synthd.nodes",
         "synthd.sharedbudget",
         "synthd.recovery",

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from synthd.budget import Budget
 from synthd.config import ProviderConfig
 from synthd.config_coordination import CoordinationConfig
-from synthd.coordination import connect
+from synthd.redisclient import connect
 from synthd.sharedbudget import SharedBudget, provider_keys
 from tests.redisserver import RedisServer
 
