@@ -1,48 +1,36 @@
 """``synthd dry-run``: the requests a job would send, and what its backlog would cost.
 
-The first ``n`` request bodies of each job are built by ``synthd.request.build``,
-the function the daemon itself calls, so a body shown here is the body that would
-be POSTed, truncation and all. Then the job's whole backlog is read the way the
-daemon would read it: claimed files first (from their resume points in the
-checkpoint, skipping items already done), then unclaimed files oldest first,
-opened, transcoded and streamed by the daemon's own ``synthd.spool`` and
-``synthd.items`` functions, so memory does not grow with the spool.
+The first ``n`` request bodies of each job are built by ``synthd.request.build``, the
+function the daemon itself calls, so a body shown here is the body that would be POSTed,
+truncation and all. Then the job's whole backlog is read the way the daemon would read it
+(``synthd.backlog``): nothing is sent, moved or written. How an ``input = "chunks"`` job's
+first files are cut is shown by ``synthd.chunkpreview``; what a pipeline stage would get
+from its upstream is projected by ``synthd.projection``.
 
-The figures are estimates: prompt tokens at ``Calibration``'s default characters
-per token (the daemon learns the real ratio from ``usage`` as it runs);
-completion tokens as ``max_tokens`` × samples for every request, an upper bound
-the model rarely reaches; time at the provider's rpm and tpm as the budget
-reserves them, without retries or the ramp after a 429.
-
-Nothing is sent, moved or written: spool files are opened for reading, the
-checkpoint (if any) read-only, and a UTF-16/32 file, which the daemon transcodes
-in place when it claims it, is transcoded into a temporary copy instead.
-
-How an ``input = "chunks"`` job's first files are cut is shown by ``synthd.chunkpreview``;
-what a pipeline stage would get from its upstream is projected by ``synthd.projection``.
+The figures are estimates: prompt tokens at ``Calibration``'s default characters per token
+(the daemon learns the real ratio from ``usage`` as it runs); completion tokens as
+``max_tokens`` × samples for every request, an upper bound the model rarely reaches; time at
+the provider's rpm and tpm as the budget reserves them, without retries or the ramp after a 429.
 """
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
-from synthd import chunkpreview, projection, request, spool
-from synthd import items as items_mod
+from synthd import chunkpreview, projection, request
+from synthd.backlog import Backlog, files_in_order, read_items
 from synthd.checkpoint import STATE_FILE, Checkpoint
 from synthd.chunkpreview import ChunkedFile
 from synthd.config import Config, Job, Price
 from synthd.cost import BATCH_DISCOUNT, price_usd
 from synthd.errors import ConfigError, InputError
 from synthd.fingerprint import sampling_params
-from synthd.models import BadLine, Source, WorkItem
+from synthd.models import BadLine, WorkItem
 from synthd.prompts import ENDPOINTS
 from synthd.ratemath import Calibration
 
@@ -57,26 +45,6 @@ class Sample:
     line: int
     url: str
     body: dict[str, Any]
-
-
-@dataclass(slots=True)
-class Backlog:
-    """What is left to do for one job."""
-
-    files_pending: int = 0  # in spool/<job>/, not claimed yet
-    files_claimed: int = 0  # in .work/, with work left
-    requests: int = 0  # items that would be sent (one request each, n = samples)
-    bad_lines: int = 0  # lines the reader refuses: invalid JSON, no text field, too long
-    unsendable: int = 0  # items the daemon would refuse: missing placeholder, prompt too long ...
-    prompt_tokens: int = 0  # estimated
-    completion_tokens_max: int = 0  # max_tokens × samples per request: an upper bound
-    reserved_tokens: int = 0  # what the budget reserves: prompt + max_tokens × samples
-    failing_files: dict[str, str] = field(default_factory=dict)  # name -> reason
-    # A pipeline stage: items its upstream's backlog would hand it (their tokens are in the
-    # figures above), at ``fan_out`` items per upstream record, all records assumed kept.
-    projected_requests: int = 0
-    fan_out: float | None = None
-    context_chars: int = 0  # of the items counted, real and projected: passed down the chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +210,7 @@ def _plan_job(
     samples: list[Sample] = []
     chunked: list[ChunkedFile] = []
     if jc.from_ is None:
-        sources = _sources(cfg, job, cp, backlog)
+        sources = files_in_order(cfg, job, cp, backlog)
     else:
         sources = projection.stage_source(job, cp)
     for src, path, done in sources:
@@ -250,7 +218,9 @@ def _plan_job(
         try:
             total = 0
             things = (
-                _read(cfg, job, src, path) if jc.from_ is None else projection.stage_items(job, cp)
+                read_items(cfg, job, src, path)
+                if jc.from_ is None
+                else projection.stage_items(job, cp)
             )
             for thing in things:
                 total = thing.seq + 1
@@ -293,12 +263,8 @@ def _plan_job(
             ),
         )
     provider = cfg.providers[jc.provider]
-    minutes, bound = estimate_minutes(
-        backlog.requests + backlog.projected_requests,
-        backlog.reserved_tokens,
-        provider.rpm,
-        provider.tpm,
-    )
+    requests = backlog.requests + backlog.projected_requests
+    minutes, bound = estimate_minutes(requests, backlog.reserved_tokens, provider.rpm, provider.tpm)
     return JobPlan(
         job=job.name,
         provider=jc.provider,
@@ -359,47 +325,6 @@ def _truncated(job: Job, item: WorkItem, tokens_before: int) -> None:
         tokens_before=tokens_before,
         limit=job.config.max_prompt_tokens,
     )
-
-
-def _sources(
-    cfg: Config, job: Job, cp: Checkpoint | None, backlog: Backlog
-) -> Iterator[tuple[Source, Path, set[int]]]:
-    """The job's files in the daemon's order: claimed ones, then the spool's, oldest first.
-
-    Each comes with the seqs already done past its resume point (claimed files only).
-    """
-    job_dir = cfg.paths.spool / job.name
-    if cp is not None:
-        for src in cp.active_sources(job.name):
-            if not spool.claim_surely_happened(cp, src):
-                continue  # a claim whose rename never happened: the daemon forgets it
-            backlog.files_claimed += 1
-            yield src, Path(src.path), set(cp.done_after(src.id, src.resume_seq))
-    try:
-        entries = spool.scan(job_dir)
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        backlog.files_pending += 1
-        if entry.refused is not None:
-            backlog.failing_files[entry.name] = "not_a_file"
-            continue
-        src = Source(0, job.name, "dry-run", entry.name, str(job_dir / entry.name), job.fingerprint)
-        yield src, job_dir / entry.name, set()
-
-
-def _read(cfg: Config, job: Job, src: Source, path: Path) -> Iterator[WorkItem | BadLine]:
-    """The items of one file from its resume point, read by the daemon's own functions.
-
-    A file the daemon would transcode at claim time is transcoded into a temporary copy.
-    """
-    with contextlib.ExitStack() as stack:
-        if spool.untouched(src) and spool.file_bom_codec(path) is not None:
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="synthd-dry-run-"))
-            path = spool.utf8_copy(path, Path(tmp))
-        f = stack.enter_context(spool.open_at_resume(src, path))
-        max_line = cfg.service.max_line_bytes
-        yield from items_mod.reader_for(src, f, job.config, max_line, job.chunk_tokens)
 
 
 # -- the human report ------------------------------------------------------------------

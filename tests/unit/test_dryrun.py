@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from synthd import cli, config, dryrun
+from synthd.backlog import Backlog
 from synthd.checkpoint import Checkpoint
 from synthd.models import Outcome
 from synthd.stagestore import hand_over
@@ -113,7 +114,7 @@ def test_known_spool_exact_figures(work: Workdir) -> None:
         "max_tokens": 100,
         "n": 2,
     }
-    assert t.backlog == dryrun.Backlog(
+    assert t.backlog == Backlog(
         files_pending=4,
         files_claimed=1,
         requests=3,  # two, alpha, delta

@@ -84,6 +84,7 @@ IO = frozenset(
         "synthd.batchmode",
         "synthd.reload",
         "synthd.dryrun",
+        "synthd.backlog",
         "synthd.projection",
         "synthd.export",
         "synthd.feeder",
