@@ -4,8 +4,9 @@ redis-py sends each command under ``asyncio.wait_for``. Before Python 3.12, ``wa
 returns the result and drops a cancel that comes in the turn the send completes
 (gh-86296, bpo-42130): the command returns as if nothing happened, and a loop of commands
 (the coordination loop, a node waiting for its lease, a budget waiting for the shared
-bucket) goes on after the daemon cancelled it. The dropped cancel still counts in the
-task's ``cancelling()``, so the client raises it once the command is back.
+bucket) goes on after the daemon cancelled it (redis/redis-py#2028 reports the same). The
+dropped cancel still counts in the task's ``cancelling()``, so the client raises it once the
+command is back. Pipelines take another path and are not covered: synthd sends none.
 """
 
 from __future__ import annotations
