@@ -28,6 +28,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+_SIM_PIDS: dict[str, int] = {}  # a started simulator's pid, by its URL
 
 
 def cpu_seconds(pid: int) -> float:
@@ -49,10 +50,14 @@ def peak_rss_mb(usage: Any) -> float:
     return float(usage.ru_maxrss) * 1024 / 1e6
 
 
-def start_sim(extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``python -m synthd.sim`` on a free port; returns the process and its /v1 URL."""
+def start_sim(extra: list[str], nice: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m synthd.sim`` on a free port; returns the process and its /v1 URL.
+
+    ``nice`` lowers the simulator's CPU priority: it stands in for a provider on another
+    machine, and here it shares the daemon's cores (``bench/lag_causes.py`` shows the
+    loop waiting for a CPU behind it)."""
     cmd = [sys.executable, "-m", "synthd.sim", "--host", "127.0.0.1", "--port", "0", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, preexec_fn=lambda: _lower(nice))
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -60,7 +65,21 @@ def start_sim(extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
         raise SystemExit(f"simulator exited with {proc.returncode} before listening")
     event = orjson.loads(line)
     assert event["event"] == "sim_listening", event
+    _SIM_PIDS[str(event["url"])] = proc.pid
     return proc, str(event["url"])
+
+
+def _lower(nice: int) -> None:
+    if nice > 0:
+        # Under ``chrt -f`` (a benchmark kept apart from other load) the simulator would
+        # inherit the real-time class, which ignores nice values: back to the normal one.
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        os.nice(nice)
+
+
+def sim_cpu_s(base_url: str) -> float:
+    """The CPU seconds the simulator at ``base_url`` has used so far."""
+    return cpu_seconds(_SIM_PIDS[base_url])
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -71,9 +90,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def simulator(flags: list[str]) -> Iterator[str]:
+def simulator(flags: list[str], nice: int = 0) -> Iterator[str]:
     """``start_sim`` for the length of a ``with``: yields the /v1 URL, stops it after."""
-    proc, url = start_sim(flags)
+    proc, url = start_sim(flags, nice)
     try:
         yield url
     finally:
@@ -239,10 +258,18 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 def arguments(doc: str) -> argparse.ArgumentParser:
-    """The arguments every daemon benchmark takes (``--contexts``, ``--keep``); add yours."""
+    """The arguments every daemon benchmark takes (``--contexts``, ``--keep``,
+    ``--sim-nice``); add yours."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--contexts", type=Path, help="contexts.jsonl.gz (default: synthetic)")
     p.add_argument("--keep", action="store_true", help="keep the work folders")
+    p.add_argument(
+        "--sim-nice",
+        type=int,
+        default=0,
+        help="the simulator's nice value (e.g. 5: a provider on another machine, not a rival"
+        " for this machine's cores)",
+    )
     return p
 
 

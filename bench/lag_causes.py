@@ -4,20 +4,20 @@ Runs one ``bench/throughput.py`` cell per ``--in-flight`` and input shape, with 
 daemon under a probe (this file, re-run inside the daemon's process) that times
 every collection (``gc.callbacks``: wall and CPU), samples every thread's stack
 while the loop is over 20 ms late, and notes the loop thread's CPU time at each
-lag sample. Prints one JSON line per cell: the lag's median, p99 and max; per
-generation, the collections' count and longest pause; how many late samples fell
-in the first 5 s (ramp-up); how much of the time in late samples was inside a
-collection; the loop thread's share of the CPU while it was late (a low share means
-the process was off the CPU: other load, or waiting for the GIL); and the stacks
-seen most while late.
+lag sample, and its time waiting in the CPU's run queue (``/proc`` schedstat).
+Prints one JSON line per cell: the lag's median, p99 and max; per generation, the
+collections' count and longest pause; how many late samples fell in the first 5 s
+(ramp-up); how much of the time in late samples was inside a collection; where the
+loop thread was while late (``late_split``: running, runnable but waiting for a CPU,
+or neither: waiting for the GIL or in a blocking call); the connections opened; the
+simulator's CPU per request (it shares the cores); and the stacks seen most while late.
 
     .venv/bin/python bench/lag_causes.py [--contexts ../shared/data/contexts.jsonl.gz]
-        [--items 6000] [--latency-ms 50] [--in-flight 512 2048] [--files]
+        [--items 6000] [--latency-ms 50] [--in-flight 512 2048] [--files] [--sim-nice 5]
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gc
 import os
@@ -75,14 +75,19 @@ def probe_daemon(argv: list[str]) -> int:
 
     from synthd import looplag
 
-    lags: list[tuple[float, float, float, float]] = []  # at, lag, wall, loop-thread cpu
+    # at, lag, wall, loop-thread cpu, loop-thread run-queue wait (each since the last sample)
+    lags: list[tuple[float, float, float, float, float]] = []
     observe, sample = looplag.LoopLag.observe, looplag.LoopLag.run
     last: dict[str, float] = {}
+    schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
 
     def observed(self: looplag.LoopLag, lag_s: float) -> None:
         now, cpu = time.perf_counter(), time.thread_time()
-        lags.append((now - t0, lag_s, now - last.get("w", now), cpu - last.get("c", cpu)))
-        last["w"], last["c"] = now, cpu
+        with open(schedstat) as f:  # on-CPU ns, run-queue ns, slices
+            queued = int(f.read().split()[1]) / 1e9
+        wall, used = now - last.get("w", now), cpu - last.get("c", cpu)
+        lags.append((now - t0, lag_s, wall, used, queued - last.get("q", queued)))
+        last["w"], last["c"], last["q"] = now, cpu, queued
         observe(self, lag_s)
 
     async def sampled(self: looplag.LoopLag) -> None:
@@ -97,11 +102,22 @@ def probe_daemon(argv: list[str]) -> int:
         finally:
             task.cancel()
 
+    import aiohttp.connector
+
+    connects: list[float] = []
+    create = aiohttp.connector.TCPConnector._create_connection
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        connects.append(time.perf_counter() - t0)
+        return await create(self, *args, **kwargs)
+
+    aiohttp.connector.TCPConnector._create_connection = counted  # type: ignore[method-assign]
     looplag.LoopLag.observe = observed  # type: ignore[method-assign]
     looplag.LoopLag.run = sampled  # type: ignore[method-assign]
 
     def dump() -> None:
         data = {"gc": collections_seen, "lags": lags, "stacks": stacks.most_common(8)}
+        data["connects"] = connects
         Path(os.environ["LAG_CAUSES_OUT"]).write_bytes(orjson.dumps(data))
 
     import atexit
@@ -114,18 +130,18 @@ def probe_daemon(argv: list[str]) -> int:
 
 def summary(raw: dict[str, Any]) -> dict[str, Any]:
     lags = raw["lags"]
-    ordered = sorted(lag for _, lag, _, _ in lags) or [0.0]
+    ordered = sorted(lag for _, lag, *_ in lags) or [0.0]
 
     def ms(x: float) -> float:
         return round(1000 * x, 1)
 
-    late = [(at - lag, at, wall, cpu) for at, lag, wall, cpu in lags if lag > LATE_S]
+    late = [(at - lag, at, wall, cpu, q) for at, lag, wall, cpu, q in lags if lag > LATE_S]
     in_gc = sum(
         max(0.0, min(b, end) - max(a, end - wall))
-        for a, b, _, _ in late
+        for a, b, *_ in late
         for _, end, wall, _ in raw["gc"]
     )
-    late_s = sum(b - a for a, b, _, _ in late)
+    late_s = sum(b - a for a, b, *_ in late)
     gens = {}
     for g in (0, 1, 2):
         these = [c for c in raw["gc"] if c[0] == g]
@@ -136,7 +152,13 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
                 "max_cpu_ms": ms(max(c[3] for c in these)),
                 "cpu_ms": ms(sum(c[3] for c in these)),
             }
-    wall = sum(w for _, _, w, _ in late)
+    wall = sum(w for _, _, w, _, _ in late)
+    running = sum(c for _, _, _, c, _ in late)
+    queued = sum(q for *_, q in late)
+
+    def share(x: float) -> float | None:
+        return round(x / wall, 2) if wall else None
+
     return {
         "lag_p50_ms": ms(ordered[len(ordered) // 2]),
         "lag_p99_ms": ms(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]),
@@ -144,26 +166,46 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
         "samples": len(lags),
         "late_samples": len(late),
         # Ramp-up (connections opened, the first items read) apart from steady state.
-        "late_in_first_5s": sum(1 for _, b, _, _ in late if lags and b - lags[0][0] < 5),
+        "late_in_first_5s": sum(1 for _, b, *_ in late if lags and b - lags[0][0] < 5),
         "late_in_gc": round(in_gc / late_s, 2) if late_s else 0.0,
-        "loop_cpu_share_when_late": round(sum(c for *_, c in late) / wall, 2) if wall else None,
+        # Where the loop thread was in the samples that came late: on a CPU (its own work,
+        # collections included), runnable but waiting for a CPU (other threads, other
+        # processes: the simulator), or neither (waiting for the GIL, or a blocking call).
+        "late_split": {
+            "running": share(running),
+            "run_queue": share(queued),
+            "gil_or_blocked": share(max(0.0, wall - running - queued)),
+        },
         "collections": gens,
+        # Opening a connection is loop work (socket, handshake): a burst of them is a lag.
+        "connects": len(raw["connects"]),
+        "connects_after_5s": sum(1 for at in raw["connects"] if lags and at - lags[0][0] >= 5),
         "stacks_when_late": raw["stacks"],
     }
 
 
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import Workdir, contexts, emit, sim_reset, sim_stats, start_sim, stop
+    from common import (
+        Workdir,
+        arguments,
+        contexts,
+        emit,
+        parse,
+        sim_cpu_s,
+        sim_reset,
+        sim_stats,
+        start_sim,
+        stop,
+    )
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--contexts", type=Path, help="contexts.jsonl.gz (default: synthetic)")
+    p = arguments(__doc__)
     p.add_argument("--items", type=int, default=6000)
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--in-flight", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--files", action="store_true", help="also one .txt per context")
-    args = p.parse_args()
-    sim, url = start_sim(["--latency-ms", str(args.latency_ms)])
+    args = parse(p)
+    sim, url = start_sim(["--latency-ms", str(args.latency_ms)], args.sim_nice)
     try:
         for in_flight in args.in_flight:
             for shape in ["jsonl", "files"] if args.files else ["jsonl"]:
@@ -176,7 +218,7 @@ def main() -> int:
                 out = work.path / "lag.json"
                 cmd = [sys.executable, __file__, "--daemon", "run"]
                 cmd += ["--config", "config/synthd.toml", "--once"]
-                started = time.monotonic()
+                started, sim_before = time.monotonic(), sim_cpu_s(url)
                 with open(work.path / "daemon.log", "wb") as log:
                     env = {**os.environ, "LAG_CAUSES_OUT": str(out)}
                     code = subprocess.run(cmd, cwd=work.path, stdout=log, stderr=log, env=env)
@@ -185,6 +227,8 @@ def main() -> int:
                 figures = {"input": shape, "max_in_flight": in_flight, "items": n}
                 figures |= {"requests_per_s": round(served / wall, 1), "exit": code.returncode}
                 figures |= summary(orjson.loads(out.read_bytes()))
+                sim_used = sim_cpu_s(url) - sim_before
+                figures["sim_cpu_us_per_request"] = round(1e6 * sim_used / max(1, served))
                 emit(figures)
                 work.remove()
     finally:
