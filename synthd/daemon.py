@@ -183,6 +183,7 @@ class Daemon:
         await asyncio.gather(*feeders, return_exceptions=True)
         await self._drain()
         await self.batch_mode.stop()
+        self.loop_lag.stop_at_exit()  # the work is drained: what follows is the exit's
         for d in self.dispatchers.values():
             await d.stop()
         # The writer's last commit must complete even if we are cancelled.

@@ -29,14 +29,22 @@ class LoopLag:
         self.sum_s = 0.0
         self.max_s = 0.0
         self._recent: deque[float] = deque(maxlen=_KEPT)
+        self.closing = False  # the exit has begun: see ``stop_at_exit``
+
+    def stop_at_exit(self) -> None:
+        """No samples from here on: the exit closes every pooled connection at once (one
+        iteration of about 90 ms for 2,048 of them, once), and no work waits on the loop
+        then; counted, it would be most of a short run's p99 at 2,048 in flight."""
+        self.closing = True
 
     async def run(self) -> None:
-        """Sample forever."""
+        """Sample until the exit begins."""
         loop = asyncio.get_running_loop()
         while True:
             asked = loop.time()
             await asyncio.sleep(self.every_s)
-            self.observe(max(0.0, loop.time() - asked - self.every_s))
+            if not self.closing:
+                self.observe(max(0.0, loop.time() - asked - self.every_s))
 
     def observe(self, lag_s: float) -> None:
         self.counts[bisect.bisect_left(BUCKETS_S, lag_s)] += 1
