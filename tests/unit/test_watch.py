@@ -102,6 +102,9 @@ def test_the_command_on_a_real_terminal_redraws_until_ctrl_c(work: Workdir) -> N
         stdout=child,
         stderr=subprocess.DEVNULL,
         cwd=work.path,
+        # Ctrl-C on a terminal finds SIGINT at its default; a runner started in the
+        # background by a non-interactive shell passes it on ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     os.close(child)
     # A terminal's stdout is line-buffered: a frame arrives line by line, and a read may stop
@@ -113,7 +116,15 @@ def test_the_command_on_a_real_terminal_redraws_until_ctrl_c(work: Workdir) -> N
         if select.select([parent], [], [], 1)[0]:
             got += os.read(parent, 65536)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 0
+    # Read while it ends: a process whose terminal is full blocks on its last write.
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        if select.select([parent], [], [], 0.2)[0]:
+            try:
+                got += os.read(parent, 65536)
+            except OSError:  # EIO: the other side closed, it has ended
+                break
+    assert proc.wait(timeout=5) == 0
     got += read_to_end(parent)
     os.close(parent)
     text = got.decode().replace("\r\n", "\n")
