@@ -47,7 +47,13 @@ class Admission:
     """The slots and bytes every job's items are admitted within, and the count of what is
     admitted but not yet durable. Runs on the loop; nothing here is thread-safe."""
 
-    def __init__(self, config: Config, writer: Writer, jobs: dict[str, JobRuntime]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        writer: Writer,
+        jobs: dict[str, JobRuntime],
+        batchers: dict[str, JobBatches] | None = None,
+    ) -> None:
         self.config = config
         self.writer = writer
         self.jobs = jobs
@@ -74,7 +80,8 @@ class Admission:
             if job.config.from_ is not None:
                 self.stages_of.setdefault(job.config.from_, []).append(name)
         self.stage_events = {s: asyncio.Event() for ss in self.stages_of.values() for s in ss}
-        self.batchers: dict[str, JobBatches] = {}  # batch-mode jobs (batches.py), by name
+        # Batch-mode jobs (batches.py), by name: batch mode's own dict, filled as it starts.
+        self.batchers: dict[str, JobBatches] = {} if batchers is None else batchers
 
     # -- the ends that let a run finish ---------------------------------------------------
 

@@ -89,7 +89,9 @@ class Daemon:
         self.jobs: dict[str, JobRuntime] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self.admission = Admission(config, self.writer, self.jobs)
+        self.batch_mode = BatchMode(config, self.checkpoint, self.writer, self._fail)
+        self.batchers = self.batch_mode.batchers  # batch-mode jobs, by name (filled at start)
+        self.admission = Admission(config, self.writer, self.jobs, self.batchers)
         self.feeder = Feeder(
             config, self.checkpoint, self.writer, self.jobs, self.admission, self._stop, once=once
         )
@@ -104,8 +106,6 @@ class Daemon:
         self.loop_lag = LoopLag()
         self.pacer = Pacer()  # one for the loop: every provider's replies share its slices
         self.recent = RecentLines()  # the last lines committed, for the status page
-        self.batch_mode = BatchMode(config, self.checkpoint, self.writer, self._fail)
-        self.batchers = self.batch_mode.batchers  # batch-mode jobs, by name
 
     # -- run ---------------------------------------------------------------
 
@@ -159,7 +159,6 @@ class Daemon:
             crashpoints.hit("takeover_recovered")  # a dead node's recovery, by another node
         await self._start_dispatchers()
         await self.batch_mode.start(self.jobs, self.dispatchers)
-        self.admission.batchers.update(self.batchers)
         writer_task = asyncio.create_task(self.writer.run(), name="writer")
         writer_task.add_done_callback(self._writer_ended)
         service = await self._start_service()

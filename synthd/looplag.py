@@ -29,13 +29,13 @@ class LoopLag:
         self.sum_s = 0.0
         self.max_s = 0.0
         self._recent: deque[float] = deque(maxlen=_KEPT)
-        self.closing = False  # the exit has begun: see ``stop_at_exit``
+        self._closing = False  # the exit has begun: see ``stop_at_exit``
 
     def stop_at_exit(self) -> None:
         """No samples from here on: the exit closes every pooled connection at once (one
         iteration of about 90 ms for 2,048 of them, once), and no work waits on the loop
         then; counted, it would be most of a short run's p99 at 2,048 in flight."""
-        self.closing = True
+        self._closing = True
 
     async def run(self) -> None:
         """Sample until the exit begins."""
@@ -43,7 +43,7 @@ class LoopLag:
         while True:
             asked = loop.time()
             await asyncio.sleep(self.every_s)
-            if not self.closing:
+            if not self._closing:
                 self.observe(max(0.0, loop.time() - asked - self.every_s))
 
     def observe(self, lag_s: float) -> None:
